@@ -1,0 +1,162 @@
+"""Hopper's settings: one typed object, one sub-model per part.
+
+Values come from (highest first) keyword overrides, ``HOPPER_*`` environment variables
+(nested with ``__``: ``HOPPER_STORE__BACKEND=postgres``) and an optional TOML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hopper.errors import ConfigError
+
+DAY_SECS = 86_400
+
+
+class ServerSettings(BaseModel):
+    """Where the HTTP/WebSocket server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8470, ge=0, le=65535)
+
+
+class StoreSettings(BaseModel):
+    """The durable event store."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_path: Path = Path("hopper-data/events.db")
+    postgres_url: SecretStr = SecretStr("postgresql://127.0.0.1:5432/hopper")
+    # synchronous=NORMAL in WAL mode survives process crashes (SIGKILL) without loss;
+    # FULL also survives power loss at the price of an fsync per commit.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class IngestSettings(BaseModel):
+    """Validation rules, limits and the group-commit writer."""
+
+    max_event_age_secs: int = Field(30 * DAY_SECS, gt=0)
+    max_clock_skew_secs: int = Field(300, ge=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    queue_max_batches: int = Field(1024, gt=0)
+    commit_max_events: int = Field(5000, gt=0)
+    retry_after_secs: int = Field(1, ge=1)
+
+
+class MqttSettings(BaseModel):
+    """The MQTT source (used when ``mqtt`` is among the edge topology's sources)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic: str = "hopper/+/events"
+    client_id: str = "hopper-edge"
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_secs: int = 30
+    reconnect_min_secs: int = 1
+    reconnect_max_secs: int = 30
+
+
+class PubsubSettings(BaseModel):
+    """Live channels that receive accepted events after the commit."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    protos_channel: str = "protos"
+    lp_events_channel: str = "lp-events"
+    # None publishes every accepted event on lp-events; a list keeps only those types.
+    lp_events_types: list[str] | None = None
+    buffer_max_events: int = Field(100_000, gt=0)
+    subscriber_max_messages: int = Field(10_000, gt=0)
+
+
+class RetentionSettings(BaseModel):
+    """How long rejected events are kept, and how often the purge runs in-process."""
+
+    error_retention_days: int = Field(30, gt=0)
+    purge_interval_secs: int = Field(3600, gt=0)
+
+
+class EdgeTopology(BaseModel):
+    """The edge ingest path: sources feed a chain of stages that fan out to sinks."""
+
+    sources: list[Literal["http", "websocket", "mqtt"]] = ["http", "websocket"]
+    stages: list[str] = ["decode", "validate", "dedup"]
+    sinks: list[str] = ["store", "protos", "lp-events"]
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> EdgeTopology:
+        if not self.sources:
+            raise ValueError("pipeline.edge.sources: list at least one source")
+        if not self.stages or self.stages[0] != "decode":
+            raise ValueError("pipeline.edge.stages: the first stage must be 'decode'")
+        if "store" not in self.sinks:
+            raise ValueError("pipeline.edge.sinks: 'store' (the durable sink) is required")
+        return self
+
+
+class PipelineSettings(BaseModel):
+    """Topologies declared in the config."""
+
+    edge: EdgeTopology = EdgeTopology()
+
+
+class LogSettings(BaseModel):
+    """Logging output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["console", "json"] = "console"
+
+
+class HopperSettings(BaseSettings):
+    """Everything Hopper can be told, one sub-model per part."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HOPPER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    ingest: IngestSettings = IngestSettings()
+    mqtt: MqttSettings = MqttSettings()
+    pubsub: PubsubSettings = PubsubSettings()
+    retention: RetentionSettings = RetentionSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    log: LogSettings = LogSettings()
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> HopperSettings:
+    """Build settings from overrides, the environment and an optional TOML file."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"Config file {config_file} does not exist.")
+
+    class _Sourced(HopperSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    try:
+        return _Sourced(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"Invalid settings: {problems}.") from exc

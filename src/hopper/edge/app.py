@@ -1,0 +1,83 @@
+"""create_app: the edge node's ASGI application and its background work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from hopper import __version__
+from hopper.clock import Clock
+from hopper.config import HopperSettings
+from hopper.edge.health import HEALTH_MEDIA_TYPE, health_report
+from hopper.edge.node import EdgeNode
+from hopper.edge.stream import stream_channel
+from hopper.ingest import HttpEventReceiver, WebSocketEventReceiver
+from hopper.jobs import run_scheduler
+
+
+def create_app(
+    settings: HopperSettings, *, clock: Clock | None = None, run_jobs: bool = True
+) -> Starlette:
+    """Build the edge app; its parts start and stop with the ASGI lifespan."""
+    node = EdgeNode(settings, clock)
+    sources = settings.pipeline.edge.sources
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        node.start()
+        jobs = asyncio.create_task(run_scheduler(settings, node.clock)) if run_jobs else None
+        try:
+            yield
+        finally:
+            if jobs is not None:
+                jobs.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await jobs
+            await asyncio.to_thread(node.stop)
+
+    async def health(request: Request) -> Response:
+        status, body = await health_report(node)
+        return JSONResponse(body, status_code=status, media_type=HEALTH_MEDIA_TYPE)
+
+    async def metrics(request: Request) -> Response:
+        return Response(node.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    async def index(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "service": "hopper-edge",
+                "version": __version__,
+                "endpoints": {
+                    "events_http": "/v1/events" if "http" in sources else None,
+                    "events_websocket": "/v1/events/ws" if "websocket" in sources else None,
+                    "stream": [f"/v1/stream/{name}" for name in node.channel_names],
+                    "health": "/health",
+                    "metrics": "/metrics",
+                },
+            }
+        )
+
+    routes: list[Route | WebSocketRoute] = [
+        Route("/", index),
+        Route("/health", health),
+        Route("/metrics", metrics),
+        WebSocketRoute("/v1/stream/{channel}", stream_channel),
+    ]
+    if "http" in sources:
+        receiver = HttpEventReceiver(
+            node.intake,
+            max_body_bytes=settings.ingest.max_body_bytes,
+            retry_after_secs=settings.ingest.retry_after_secs,
+        )
+        routes.append(Route("/v1/events", receiver.handle, methods=["POST"]))
+    if "websocket" in sources:
+        routes.append(WebSocketRoute("/v1/events/ws", WebSocketEventReceiver(node.intake).handle))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.node = node
+    return app

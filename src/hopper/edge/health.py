@@ -1,0 +1,64 @@
+"""Health for Zabbix: JSON readable with JSONPath, HTTP 200 (pass/warn) or 503 (fail)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hopper.edge.node import EdgeNode
+
+HEALTH_MEDIA_TYPE = "application/health+json"
+
+
+async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
+    """Check every dependency; return the HTTP status and the body."""
+    store_error = await asyncio.to_thread(node.ping_store)
+    channels_error = await asyncio.to_thread(node.ping_channels)
+    intake = node.intake
+    now = node.clock.now_ms()
+    checks: dict[str, dict[str, Any]] = {
+        "store": _check(
+            store_error or (None if intake.is_store_healthy else intake.last_error),
+            backend=node.store.backend,
+        ),
+        "writer": _check(None if intake.is_alive else "writer thread is not running"),
+        "intake_queue": _check(
+            "intake queue over 80% full" if intake.depth > 0.8 * intake.capacity else None,
+            failure="warn",
+            depth=intake.depth,
+            capacity=intake.capacity,
+        ),
+        "pubsub": _check(
+            channels_error or (None if node.publisher.is_healthy else "last publish failed"),
+            failure="warn",
+            backend=node.channels.backend,
+        ),
+    }
+    if node.mqtt is not None:
+        checks["mqtt"] = _check(
+            None if node.mqtt.is_connected else "not connected to the MQTT broker",
+            failure="warn",
+            topic=node.settings.mqtt.topic,
+        )
+    statuses = {c["status"] for c in checks.values()}
+    status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+    last_commit = intake.last_commit_ms
+    body: dict[str, Any] = {
+        "status": status,
+        "ok": int(status != "fail"),
+        "store_ok": int(checks["store"]["status"] == "pass"),
+        "pubsub_ok": int(checks["pubsub"]["status"] == "pass"),
+        "mqtt_ok": int(checks["mqtt"]["status"] == "pass") if "mqtt" in checks else None,
+        "queue_depth": intake.depth,
+        "queue_capacity": intake.capacity,
+        "last_commit_age_s": None if last_commit is None else round((now - last_commit) / 1000, 3),
+        "checks": checks,
+    }
+    return (503 if status == "fail" else 200), body
+
+
+def _check(error: str | None, *, failure: str = "fail", **fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"status": "pass" if error is None else failure, **fields}
+    if error is not None:
+        entry["output"] = error
+    return entry

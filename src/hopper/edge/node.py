@@ -1,0 +1,120 @@
+"""EdgeNode: the running parts of one school's node, wired from the settings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from hopper.clock import Clock, SystemClock
+from hopper.config import HopperSettings
+from hopper.errors import HopperError
+from hopper.ingest.intake import Intake
+from hopper.observe.metrics import HopperMetrics
+from hopper.pipeline.topology import build_edge_pipeline
+from hopper.pubsub import ChannelRoute, Publisher, open_channels
+from hopper.store import EventStore, open_event_store
+
+if TYPE_CHECKING:
+    from hopper.ingest.mqtt import MqttEventSource
+
+logger = logging.getLogger(__name__)
+
+
+class EdgeNode:
+    """Store, channels, publisher, intake and the threaded sources of one edge node."""
+
+    def __init__(self, settings: HopperSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = HopperMetrics()
+        topology = settings.pipeline.edge
+        pipeline = build_edge_pipeline(settings, self.clock, self.metrics)
+        self.store = open_event_store(settings.store)
+        self.store.migrate()
+        self.channels = open_channels(settings.pubsub)
+        self.publisher = Publisher(
+            self.channels,
+            self._routes(),
+            self.metrics,
+            max_events=settings.pubsub.buffer_max_events,
+        )
+        self.intake = Intake(
+            pipeline,
+            self.store,
+            self.publisher,
+            self.metrics,
+            self.clock,
+            max_batches=settings.ingest.queue_max_batches,
+            commit_max_events=settings.ingest.commit_max_events,
+        )
+        self.mqtt: MqttEventSource | None = None
+        if "mqtt" in topology.sources:
+            from hopper.ingest.mqtt import MqttEventSource
+
+            self.mqtt = MqttEventSource(self.intake, settings.mqtt)
+        # The writer owns self.store; health checks use a connection of their own.
+        self._probe_store: EventStore | None = None
+        self._probe_lock = threading.Lock()
+
+    def _routes(self) -> list[ChannelRoute]:
+        sinks = self.settings.pipeline.edge.sinks
+        pubsub = self.settings.pubsub
+        routes = []
+        if "protos" in sinks:
+            routes.append(ChannelRoute("protos", pubsub.protos_channel))
+        if "lp-events" in sinks:
+            types = frozenset(pubsub.lp_events_types) if pubsub.lp_events_types else None
+            routes.append(ChannelRoute("lp-events", pubsub.lp_events_channel, types))
+        return routes
+
+    @property
+    def channel_names(self) -> dict[str, str]:
+        """Map each published channel name to its sink (``protos`` or ``lp-events``)."""
+        return {route.channel: route.sink for route in self._routes()}
+
+    def start(self) -> None:
+        """Start the publisher, the writer and the threaded sources."""
+        self.publisher.start()
+        self.intake.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
+        logger.info(
+            "Edge node started: store %s, channels %s, sources %s.",
+            self.store.backend,
+            self.channels.backend,
+            ", ".join(self.settings.pipeline.edge.sources),
+        )
+
+    def stop(self) -> None:
+        """Stop sources first, then commit what is queued, then publish and close."""
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        self.intake.stop()
+        self.publisher.stop()
+        self.store.close()
+        self.channels.close()
+        if self._probe_store is not None:
+            self._probe_store.close()
+
+    def ping_store(self) -> str | None:
+        """Return None if the store answers, else the error (runs in a worker thread)."""
+        with self._probe_lock:
+            try:
+                if self._probe_store is None:
+                    self._probe_store = open_event_store(self.settings.store)
+                self._probe_store.ping()
+            except HopperError as exc:
+                if self._probe_store is not None:
+                    self._probe_store.close()
+                self._probe_store = None
+                return str(exc)
+        return None
+
+    def ping_channels(self) -> str | None:
+        """Return None if the channels answer, else the error."""
+        try:
+            self.channels.ping()
+        except HopperError as exc:
+            return str(exc)
+        return None

@@ -1,0 +1,16 @@
+"""The canonical device event and its wire formats; imports no other Hopper part."""
+
+from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Event, Rejection, RejectReason
+from hopper.events.protobuf import EVENT_TYPES, content_hash, decode_batch, encode_batch
+
+__all__ = [
+    "EVENT_TYPES",
+    "RECORDED_REASONS",
+    "WHOLE_PAYLOAD",
+    "Event",
+    "RejectReason",
+    "Rejection",
+    "content_hash",
+    "decode_batch",
+    "encode_batch",
+]

@@ -1,0 +1,95 @@
+"""Decode ``hopper.events.v1`` batches, keeping each event's exact raw bytes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from hopper.events._pb import events_pb2 as pb
+from hopper.events.model import WHOLE_PAYLOAD, Event, Rejection, RejectReason
+
+PbEvent = pb.Event
+PbEventBatch = pb.EventBatch
+
+_CASES = [case for case in PbEvent.DESCRIPTOR.oneofs_by_name["payload"].fields]
+
+# Payload fields per oneof case, read once from the descriptor so decoding is a dict build.
+PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {
+    case.name: tuple(f.name for f in case.message_type.fields)  # type: ignore[union-attr]
+    for case in _CASES
+}
+EVENT_TYPES: tuple[str, ...] = tuple(PAYLOAD_FIELDS)
+_FLOAT_FIELDS = frozenset(
+    f"{case.name}.{f.name}"
+    for case in _CASES
+    for f in case.message_type.fields  # type: ignore[union-attr]
+    if f.type == f.TYPE_FLOAT
+)
+
+
+def content_hash(raw: bytes) -> bytes:
+    """Return the 16-byte content hash of an event's raw bytes (SHA-256 prefix)."""
+    return hashlib.sha256(raw).digest()[:16]
+
+
+def split_batch(payload: bytes) -> list[bytes]:
+    """Split an ``EventBatch`` into its events' raw bytes; raise DecodeError if malformed."""
+    return list(pb.RawEventBatch.FromString(payload).events)
+
+
+def parse_event(index: int, raw: bytes) -> Event:
+    """Parse one event's raw bytes; raise DecodeError if malformed."""
+    msg = PbEvent.FromString(raw)
+    case = msg.WhichOneof("payload")
+    payload: dict[str, Any] = {}
+    if case is not None:
+        sub = getattr(msg, case)
+        for name in PAYLOAD_FIELDS[case]:
+            value = getattr(sub, name)
+            if type(value) is float and f"{case}.{name}" in _FLOAT_FIELDS:
+                value = float(f"{value:.7g}")  # float32 on the wire: drop float64 noise
+            payload[name] = value
+    return Event(
+        index=index,
+        raw=raw,
+        hash=content_hash(raw),
+        username=msg.username,
+        device_id=msg.device_id,
+        school_id=msg.school_id,
+        app_time_ms=msg.app_time_ms,
+        app_version=msg.app_version,
+        platform=msg.platform,
+        session_id=msg.session_id,
+        event_type=case,
+        payload=payload,
+    )
+
+
+def decode_batch(payload: bytes) -> tuple[list[Event], list[Rejection]]:
+    """Decode a batch into events and rejections; never raises for bad bytes."""
+    try:
+        raws = split_batch(payload)
+    except DecodeError as exc:
+        return [], [
+            Rejection(WHOLE_PAYLOAD, RejectReason.UNDECODABLE, f"not an EventBatch: {exc}", payload)
+        ]
+    events: list[Event] = []
+    rejections: list[Rejection] = []
+    for index, raw in enumerate(raws):
+        try:
+            events.append(parse_event(index, raw))
+        except DecodeError as exc:
+            rejections.append(
+                Rejection(index, RejectReason.UNDECODABLE, f"not an Event: {exc}", raw)
+            )
+    return events, rejections
+
+
+def encode_batch(events: Iterable[pb.Event | bytes]) -> bytes:
+    """Encode events (messages or already-encoded bytes) as one ``EventBatch`` payload."""
+    raw = pb.RawEventBatch()
+    raw.events.extend(e if isinstance(e, bytes) else e.SerializeToString() for e in events)
+    return raw.SerializeToString()

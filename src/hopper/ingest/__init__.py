@@ -1,0 +1,7 @@
+"""Sources: accept device batches and acknowledge them only after a durable commit."""
+
+from hopper.ingest.http import HttpEventReceiver
+from hopper.ingest.intake import BatchOutcome, Intake
+from hopper.ingest.websocket import WebSocketEventReceiver
+
+__all__ = ["BatchOutcome", "HttpEventReceiver", "Intake", "WebSocketEventReceiver"]

@@ -1,0 +1,283 @@
+"""The bounded intake queue and the group-commit writer behind every source.
+
+Sources reserve a slot, enqueue a payload with a completion callback, and acknowledge
+their client only when that callback reports the commit. One writer thread runs the
+stages, commits many payloads per transaction, then completes them and publishes.
+A full queue is back pressure: sources wait (WebSocket, MQTT) or answer 503 (HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hopper.clock import Clock
+from hopper.errors import HopperError
+from hopper.events.model import RECORDED_REASONS, Rejection, RejectReason
+from hopper.observe.metrics import HopperMetrics
+from hopper.pipeline.topology import EdgePipeline
+from hopper.pubsub.publisher import Publisher
+from hopper.store.base import EventStore, PendingWrite
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What became of one payload: told to the client in its acknowledgement."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON body of an acknowledgement."""
+        body: dict[str, Any] = {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": len(self.rejected),
+            "results": [r.as_result() for r in self.rejected],
+        }
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+OnDone = Callable[[BatchOutcome], None]
+
+
+@dataclass(slots=True)
+class _Item:
+    source: str
+    received_ms: int
+    payload: bytes
+    on_done: OnDone
+    rejection: Rejection | None = None  # set when the source already refused the payload
+
+
+_STOP = object()
+
+
+class Intake:
+    """Bounded queue of payloads and the single writer that group-commits them."""
+
+    def __init__(
+        self,
+        pipeline: EdgePipeline,
+        store: EventStore,
+        publisher: Publisher,
+        metrics: HopperMetrics,
+        clock: Clock,
+        *,
+        max_batches: int = 1024,
+        commit_max_events: int = 5000,
+    ) -> None:
+        self._pipeline = pipeline
+        self._store = store
+        self._publisher = publisher
+        self._metrics = metrics
+        self._clock = clock
+        self.capacity = max_batches
+        self._commit_max_events = commit_max_events
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._used = 0
+        self._slots = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="hopper-writer", daemon=True)
+        self._dedup = metrics.component("dedup")
+        self._store_metrics = metrics.component("store")
+        metrics.queue_capacity.set(max_batches)
+        self.last_commit_ms: int | None = None
+        self.last_error: str | None = None
+        self.is_store_healthy = True
+
+    # -- slots: the bound of the queue -------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Return how many payloads are reserved or waiting for the writer."""
+        return self._used
+
+    def try_acquire(self) -> bool:
+        """Reserve a slot if one is free, without waiting."""
+        with self._slots:
+            if self._used >= self.capacity:
+                return False
+            self._used += 1
+            self._metrics.queue_depth.set(self._used)
+            return True
+
+    def acquire_blocking(self, timeout: float) -> bool:
+        """Reserve a slot, waiting up to ``timeout`` seconds (for threaded sources)."""
+        with self._slots:
+            if not self._slots.wait_for(lambda: self._used < self.capacity, timeout):
+                return False
+            self._used += 1
+            self._metrics.queue_depth.set(self._used)
+            return True
+
+    async def acquire(self) -> None:
+        """Reserve a slot, waiting in the event loop while the queue is full."""
+        delay = 0.001
+        while not self.try_acquire():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def release(self, count: int = 1) -> None:
+        """Give back slots (after completion, or when a source gives up a reservation)."""
+        with self._slots:
+            self._used -= count
+            self._metrics.queue_depth.set(self._used)
+            self._slots.notify_all()
+
+    # -- submitting ---------------------------------------------------------------------
+
+    def enqueue(
+        self, payload: bytes, source: str, on_done: OnDone, *, rejection: Rejection | None = None
+    ) -> None:
+        """Queue a payload for which a slot is held; ``on_done`` runs after the commit."""
+        self._queue.put(_Item(source, self._clock.now_ms(), payload, on_done, rejection))
+
+    async def submit(
+        self, payload: bytes, source: str, *, rejection: Rejection | None = None
+    ) -> BatchOutcome:
+        """Wait for a slot, queue the payload, and wait for its commit."""
+        await self.acquire()
+        return await self.enqueue_and_wait(payload, source, rejection=rejection)
+
+    async def enqueue_and_wait(
+        self, payload: bytes, source: str, *, rejection: Rejection | None = None
+    ) -> BatchOutcome:
+        """Queue a payload for which a slot is held, and wait for its commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[BatchOutcome] = loop.create_future()
+
+        def resolve(outcome: BatchOutcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        def on_done(outcome: BatchOutcome) -> None:
+            loop.call_soon_threadsafe(resolve, outcome)
+
+        self.enqueue(payload, source, on_done, rejection=rejection)
+        return await future
+
+    # -- the writer ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    @property
+    def is_alive(self) -> bool:
+        """Tell whether the writer thread runs."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop the writer."""
+        self._queue.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group: list[tuple[_Item, PendingWrite, BatchOutcome]] = []
+            events = self._prepare(first, group)  # type: ignore[arg-type]
+            while events < self._commit_max_events:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                events += self._prepare(item, group)  # type: ignore[arg-type]
+            self._commit(group)
+
+    def _prepare(self, item: _Item, group: list[tuple[_Item, PendingWrite, BatchOutcome]]) -> int:
+        source = self._metrics.component(item.source)
+        if item.rejection is not None:
+            events, rejected = [], [item.rejection]
+            source.rejected(item.rejection.reason.value)
+        else:
+            result = self._pipeline.run(item.payload)
+            events, rejected = result.passed, result.rejected
+        source.received.inc(len(events) + len(rejected))
+        outcome = BatchOutcome()
+        for r in rejected:
+            if r.reason is RejectReason.DUPLICATE:
+                outcome.duplicates += 1
+            else:
+                outcome.rejected.append(r)
+        to_record = [r for r in rejected if r.reason in RECORDED_REASONS]
+        group.append(
+            (item, PendingWrite(item.source, item.received_ms, events, to_record), outcome)
+        )
+        return len(events) + len(to_record)
+
+    def _commit(self, group: list[tuple[_Item, PendingWrite, BatchOutcome]]) -> None:
+        writes = [write for _, write, _ in group]
+        started = time.perf_counter()
+        stored = self._commit_with_retry(writes)
+        elapsed = time.perf_counter() - started
+        if stored is None:
+            for item, _, outcome in group:
+                outcome.error = "store unavailable; not committed, resend"
+                self._complete(item, outcome)
+            return
+        self._metrics.commit_seconds.observe(elapsed)
+        self._metrics.commit_events.observe(sum(len(w.events) for w in writes))
+        self.last_commit_ms = self._clock.now_ms()
+        for (item, write, outcome), new in zip(group, stored, strict=True):
+            outcome.accepted = len(new)
+            store_duplicates = len(write.events) - len(new)
+            outcome.duplicates += store_duplicates
+            self._dedup.rejected(RejectReason.DUPLICATE.value, store_duplicates)
+            self._store_metrics.received.inc(len(write.events))
+            self._store_metrics.sent.inc(len(new))
+            source = self._metrics.component(item.source)
+            source.sent.inc(len(new))
+            self._complete(item, outcome)
+            # Ack first, then publish: channels are best effort, the store is the record.
+            self._publisher.offer(new, item.received_ms)
+
+    def _complete(self, item: _Item, outcome: BatchOutcome) -> None:
+        self.release()
+        try:
+            item.on_done(outcome)
+        except Exception:  # a source's callback must never kill the writer
+            logger.exception("Acknowledgement callback of source %s failed.", item.source)
+            self._metrics.component(item.source).error("ack_callback")
+
+    def _commit_with_retry(self, writes: list[PendingWrite]) -> list[list[Any]] | None:
+        """Commit, retrying while the store is unavailable; None after an unexpected error."""
+        delay = 0.1
+        while True:
+            try:
+                stored = self._store.commit(writes)
+            except HopperError as exc:
+                # Keep the batches and retry: the queue fills meanwhile, which is back pressure.
+                self.is_store_healthy = False
+                self.last_error = str(exc)
+                self._store_metrics.error(type(exc).__name__)
+                logger.warning("Store commit failed, retrying in %.1f s: %s.", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception as exc:
+                self.last_error = repr(exc)
+                self._store_metrics.error(type(exc).__name__)
+                logger.exception("Unexpected error in the store commit; batches not acknowledged.")
+                return None
+            self.is_store_healthy = True
+            return stored

@@ -1,0 +1,5 @@
+"""How Hopper reports on itself: logs and metrics."""
+
+from hopper.observe.metrics import ComponentMetrics, HopperMetrics
+
+__all__ = ["ComponentMetrics", "HopperMetrics"]

@@ -1,0 +1,80 @@
+"""Topologies built from the config: a chain of named stages with counters per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hopper.clock import Clock
+from hopper.config import HopperSettings
+from hopper.errors import ConfigError
+from hopper.events.model import Event
+from hopper.observe.metrics import HopperMetrics
+from hopper.pipeline.stage import Stage, StageResult
+from hopper.pipeline.stages import Decode, Dedup, Validate
+
+StageFactory = Callable[[HopperSettings, Clock], Stage[Any, Any]]
+
+# Every stage the config may name, in the order the edge path runs them.
+EDGE_STAGES: dict[str, StageFactory] = {
+    "decode": lambda settings, clock: Decode(),
+    "validate": lambda settings, clock: Validate(
+        clock,
+        max_event_age_secs=settings.ingest.max_event_age_secs,
+        max_clock_skew_secs=settings.ingest.max_clock_skew_secs,
+    ),
+    "dedup": lambda settings, clock: Dedup(),
+}
+EDGE_SINKS = ("store", "protos", "lp-events")
+
+
+class EdgePipeline:
+    """Runs transport payloads through the edge stages, counting per stage."""
+
+    def __init__(self, stages: Sequence[Stage[Any, Any]], metrics: HopperMetrics) -> None:
+        self.stages = list(stages)
+        self._counters = [metrics.component(stage.name) for stage in self.stages]
+
+    def run(self, payload: bytes) -> StageResult[Event]:
+        """Process one payload; rejections of every stage are gathered in the result."""
+        records: list[Any] = [payload]
+        rejected = []
+        for stage, counters in zip(self.stages, self._counters, strict=True):
+            result = stage.process(records)
+            received = len(result.passed) + len(result.rejected)
+            counters.received.inc(received)
+            counters.sent.inc(len(result.passed))
+            for rejection in result.rejected:
+                counters.rejected(rejection.reason.value)
+            rejected += result.rejected
+            records = result.passed
+        return StageResult(records, rejected)
+
+
+def check_edge_topology(settings: HopperSettings) -> list[str]:
+    """Return the problems of the configured edge topology (empty when it is sound)."""
+    topology = settings.pipeline.edge
+    problems = [
+        f"pipeline.edge.stages: unknown stage {name!r} (known: {', '.join(EDGE_STAGES)})"
+        for name in topology.stages
+        if name not in EDGE_STAGES
+    ]
+    problems += [
+        f"pipeline.edge.sinks: unknown sink {name!r} (known: {', '.join(EDGE_SINKS)})"
+        for name in topology.sinks
+        if name not in EDGE_SINKS
+    ]
+    if len(set(topology.stages)) != len(topology.stages):
+        problems.append("pipeline.edge.stages: a stage is listed twice")
+    return problems
+
+
+def build_edge_pipeline(
+    settings: HopperSettings, clock: Clock, metrics: HopperMetrics
+) -> EdgePipeline:
+    """Build the edge pipeline the config declares; raise ConfigError if it is unsound."""
+    problems = check_edge_topology(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    stages = [EDGE_STAGES[name](settings, clock) for name in settings.pipeline.edge.stages]
+    return EdgePipeline(stages, metrics)

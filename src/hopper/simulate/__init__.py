@@ -1,0 +1,1 @@
+"""Simulated traffic: a school full of tablets, for the demo and load tests."""

@@ -1,0 +1,78 @@
+"""The EventStore interface: the durable home of accepted and rejected events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hopper.events.model import Event, Rejection
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    """One delivery's stage output, waiting for the group commit."""
+
+    source: str
+    received_ms: int
+    events: list[Event]
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(slots=True, frozen=True)
+class StoredError:
+    """A row of ``reader_events_errors``."""
+
+    received_ms: int
+    source: str
+    reason: str
+    detail: str
+    raw: bytes
+
+
+class EventStore(Protocol):
+    """Durable home of accepted events, their raw bytes, and rejections.
+
+    The dedup index is the primary key of ``raw_events``: ``(app_time_ms, hash)``. Being
+    time-prefixed, inserts touch only the right edge of the index and lookups of events
+    inside ``max_event_age`` touch only its recent pages, so the cost stays flat as the
+    store grows. It is written in the same transaction as the events.
+    """
+
+    backend: str
+
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; return how many migrations ran."""
+        ...
+
+    def commit(self, writes: Sequence[PendingWrite]) -> list[list[Event]]:
+        """Write every write's events and rejections in one transaction.
+
+        Returns, per write, the events that were new and are now stored; the others
+        were duplicates of stored events (or of an earlier write in the same call).
+        Returns only once the transaction is durable.
+        """
+        ...
+
+    def purge_errors(self, older_than_ms: int) -> int:
+        """Delete rejected events received before ``older_than_ms``; return the count."""
+        ...
+
+    def count(self, table: str) -> int:
+        """Return the number of rows of one of the store's tables."""
+        ...
+
+    def errors(self, limit: int = 100) -> list[StoredError]:
+        """Return the most recently recorded rejections, newest first."""
+        ...
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable if the store cannot be used."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+TABLES = ("reader_events", "raw_events", "reader_events_errors")
