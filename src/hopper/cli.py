@@ -16,6 +16,7 @@ import orjson
 import typer
 import uvicorn
 from rich.console import Console
+from rich.text import Text
 
 from hopper.config import HopperSettings, load_settings
 from hopper.errors import HopperError
@@ -32,11 +33,15 @@ ConfigOption = Annotated[
 ]
 
 
+def _error(message: object) -> None:
+    console.print(Text("error: ", style="red") + Text(str(message)), soft_wrap=True)
+
+
 def _settings(config: Path | None, **overrides: Any) -> HopperSettings:
     try:
         return load_settings(config, **overrides)
     except HopperError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(2) from exc
 
 
@@ -75,7 +80,7 @@ def serve(
     try:
         application = create_app(settings)
     except HopperError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(2) from exc
     logger.info(
         "Hopper edge listening on http://%s:%d.", settings.server.host, settings.server.port
@@ -193,7 +198,7 @@ def job(
     from hopper.jobs import JOBS
 
     if name not in JOBS:
-        console.print(f"[red]error:[/red] unknown job {name!r}; known: {', '.join(JOBS)}")
+        _error(f"unknown job {name!r}; known: {', '.join(JOBS)}")
         raise typer.Exit(2)
     settings = _settings(config)
     typer.echo(JOBS[name].run(settings, SystemClock()))
@@ -208,7 +213,7 @@ def config_check(config: ConfigOption = None) -> None:
     problems = check_edge_topology(settings)
     missing = _missing_backends(settings)
     for problem in problems + missing:
-        console.print(f"[red]error:[/red] {problem}")
+        _error(problem)
     if problems or missing:
         raise typer.Exit(2)
     edge = settings.pipeline.edge

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from hopper.cli import app
+from hopper.config import load_settings
+from hopper.errors import ConfigError
+
+runner = CliRunner()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_config_check_accepts_the_defaults(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["config", "check"], env={"HOPPER_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    assert (
+        "http + websocket -> decode -> validate -> dedup -> store, protos, lp-events"
+        in result.output
+    )
+
+
+def test_config_check_names_an_unknown_stage(tmp_path: Path) -> None:
+    config = _write(tmp_path / "h.toml", '[pipeline.edge]\nstages = ["decode", "enrich"]\n')
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "unknown stage 'enrich'" in result.output
+
+
+def test_config_check_refuses_a_topology_without_the_store(tmp_path: Path) -> None:
+    config = _write(tmp_path / "h.toml", '[pipeline.edge]\nsinks = ["protos"]\n')
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "'store' (the durable sink) is required" in result.output
+
+
+def test_settings_come_from_toml_and_env_overrides_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(
+        tmp_path / "h.toml", "[ingest]\nmax_clock_skew_secs = 60\nmax_body_bytes = 10\n"
+    )
+    monkeypatch.setenv("HOPPER_INGEST__MAX_BODY_BYTES", "20")
+    settings = load_settings(config)
+    assert settings.ingest.max_clock_skew_secs == 60
+    assert settings.ingest.max_body_bytes == 20
+
+
+def test_invalid_setting_is_a_config_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOPPER_STORE__BACKEND", "oracle")
+    with pytest.raises(ConfigError, match="store.backend"):
+        load_settings()
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["config", "check", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_config_show_masks_secrets() -> None:
+    result = runner.invoke(
+        app,
+        ["config", "show"],
+        env={"HOPPER_STORE__POSTGRES_URL": "postgresql://u:hunter2@127.0.0.1/db"},
+    )
+    assert result.exit_code == 0
+    assert "hunter2" not in result.output
+    assert orjson.loads(result.output)["store"]["backend"] == "sqlite"
+
+
+def test_migrate_and_purge_errors_job_run_from_the_command_line(tmp_path: Path) -> None:
+    env = {"HOPPER_STORE__SQLITE_PATH": str(tmp_path / "e.db")}
+    result = runner.invoke(app, ["migrate"], env=env)
+    assert result.exit_code == 0
+    assert "Applied 1 migration(s)" in result.output
+    result = runner.invoke(app, ["job", "purge-errors"], env=env)
+    assert result.exit_code == 0
+    assert "deleted 0 rows" in result.output
+
+
+def test_unknown_job_is_refused() -> None:
+    result = runner.invoke(app, ["job", "nope"])
+    assert result.exit_code == 2
+    assert "purge-errors" in result.output

@@ -1,0 +1,118 @@
+"""The group-commit writer: many payloads per transaction, acks after commit, retries."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from hopper.config import load_settings
+from hopper.errors import BackendUnavailable
+from hopper.events import Event
+from hopper.ingest.intake import BatchOutcome, Intake
+from hopper.observe.metrics import HopperMetrics
+from hopper.pipeline import build_edge_pipeline
+from hopper.pubsub import ChannelRoute, Publisher
+from hopper.pubsub.memory import MemoryChannels
+from hopper.store.base import PendingWrite
+from hopper.store.sqlite import SqliteEventStore
+from hopper.testing import NOW_MS, FrozenClock, make_batch
+
+
+class FlakyStore(SqliteEventStore):
+    """A real SQLite store whose first commits fail as if the disk were unavailable."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.commits: list[int] = []
+
+    def commit(self, writes: Sequence[PendingWrite]) -> list[list[Event]]:
+        if self.failures:
+            self.failures -= 1
+            raise BackendUnavailable("disk went away")
+        self.commits.append(len(writes))
+        return super().commit(writes)
+
+
+def _intake(store: SqliteEventStore, **kwargs: int) -> tuple[Intake, HopperMetrics]:
+    settings = load_settings()
+    metrics = HopperMetrics()
+    clock = FrozenClock(NOW_MS)
+    publisher = Publisher(MemoryChannels(), [ChannelRoute("protos", "protos")], metrics)
+    intake = Intake(
+        build_edge_pipeline(settings, clock, metrics), store, publisher, metrics, clock, **kwargs
+    )
+    return intake, metrics
+
+
+def _submit_all(intake: Intake, payloads: list[bytes]) -> list[BatchOutcome]:
+    outcomes: list[BatchOutcome] = []
+    done = threading.Semaphore(0)
+
+    def on_done(outcome: BatchOutcome) -> None:
+        outcomes.append(outcome)
+        done.release()
+
+    for payload in payloads:
+        assert intake.acquire_blocking(timeout=5)
+        intake.enqueue(payload, "test", on_done)
+    for _ in payloads:
+        assert done.acquire(timeout=10)
+    return outcomes
+
+
+def test_queued_payloads_are_committed_together(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "e.db", failures=0)
+    store.migrate()
+    intake, _ = _intake(store)
+    # Queue before the writer starts, so it finds them all waiting: one transaction.
+    payloads = [make_batch(10, start=n * 10) for n in range(20)]
+    results: list[BatchOutcome] = []
+    for payload in payloads:
+        assert intake.try_acquire()
+        intake.enqueue(payload, "test", results.append)
+    intake.start()
+    intake.stop()
+    assert store.commits == [20]
+    assert sum(o.accepted for o in results) == 200
+    assert intake.depth == 0
+
+
+def test_commit_is_retried_while_the_store_is_unavailable(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "e.db", failures=2)
+    store.migrate()
+    intake, metrics = _intake(store)
+    intake.start()
+    try:
+        (outcome,) = _submit_all(intake, [make_batch(5)])
+    finally:
+        intake.stop()
+    assert outcome.error is None
+    assert outcome.accepted == 5
+    assert store.count("reader_events") == 5
+    assert intake.is_store_healthy
+    labels = {"component": "store", "error_type": "BackendUnavailable"}
+    assert metrics.registry.get_sample_value("component_errors_total", labels) == 2
+
+
+def test_unexpected_store_error_fails_the_batch_without_killing_the_writer(tmp_path: Path) -> None:
+    class BrokenOnce(FlakyStore):
+        def commit(self, writes: Sequence[PendingWrite]) -> list[list[Event]]:
+            if not self.commits:
+                self.commits.append(-1)
+                raise RuntimeError("bug")
+            return super().commit(writes)
+
+    store = BrokenOnce(tmp_path / "e.db", failures=0)
+    store.migrate()
+    intake, _ = _intake(store)
+    intake.start()
+    try:
+        (first,) = _submit_all(intake, [make_batch(3)])
+        (second,) = _submit_all(intake, [make_batch(3)])
+    finally:
+        intake.stop()
+    assert first.error is not None and first.accepted == 0
+    assert second.error is None and second.accepted == 3  # the resend is stored
+    assert intake.is_alive is False  # stopped cleanly by stop(), not crashed before
