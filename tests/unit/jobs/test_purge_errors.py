@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from hopper.config import HopperSettings
-from hopper.events import RejectReason, Rejection
+from hopper.events import Rejection, RejectReason
 from hopper.jobs import JOBS
 from hopper.store import PendingWrite, open_event_store
 from hopper.testing import NOW_MS, FrozenClock
