@@ -50,7 +50,7 @@ def _uvicorn_config(app_: Any, settings: HopperSettings) -> uvicorn.Config:
         app_,
         host=settings.server.host,
         port=settings.server.port,
-        ws="websockets",
+        ws="websockets-sansio",
         ws_max_size=settings.ingest.max_body_bytes,
         http="httptools",
         loop="uvloop" if sys.platform != "win32" else "asyncio",

@@ -119,18 +119,35 @@ class WebSocketSender:
             await self._ws.close()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+        for future in self._pending.values():
+            if future.done() and not future.cancelled():
+                future.exception()  # the caller gave these up: no "never retrieved" noise
 
     async def send(self, batch: bytes) -> int:
         """Send one batch frame (waiting while the window is full); return its seq."""
         await self._window.acquire()
         self._seq += 1
-        self._pending[self._seq] = asyncio.get_running_loop().create_future()
-        await self._ws.send(batch)
-        return self._seq
+        seq = self._seq
+        self._pending[seq] = asyncio.get_running_loop().create_future()
+        try:
+            await self._ws.send(batch)
+        except BaseException:
+            future = self._pending.pop(seq)  # never sent: no ack will come
+            if future.done():
+                future.exception()  # failed by the reader, which gave its room back
+            else:
+                self._window.release()
+            raise
+        return seq
 
     async def wait(self, seq: int) -> dict[str, Any]:
-        """Wait for the ack of frame ``seq``."""
-        return await self._pending[seq]
+        """Wait for the ack of frame ``seq`` (it may have arrived already)."""
+        future = self._pending[seq]
+        try:
+            return await future
+        finally:
+            if future.done():
+                self._pending.pop(seq, None)
 
     async def send_and_wait(self, batch: bytes) -> dict[str, Any]:
         """Send one batch and wait for its ack."""
@@ -141,7 +158,8 @@ class WebSocketSender:
         try:
             async for frame in self._ws:
                 ack = orjson.loads(frame)
-                future = self._pending.pop(ack["seq"], None)
+                # Kept until ``wait`` takes it: a pipelining caller may ask after it came.
+                future = self._pending.get(ack["seq"])
                 if future is not None and not future.done():
                     future.set_result(ack)
                 self._window.release()
@@ -150,6 +168,7 @@ class WebSocketSender:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(str(error)))
+                self._window.release()  # wake senders waiting for room: their send fails
 
 
 class MqttSender:

@@ -22,7 +22,7 @@ def event_to_dict(event: Event, received_ms: int) -> dict[str, Any]:
         "platform": event.platform,
         "session_id": event.session_id,
         "hash": event.hash.hex(),
-        "payload": event.payload,
+        "payload": orjson.Fragment(event.payload_json),
     }
 
 

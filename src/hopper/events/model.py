@@ -43,6 +43,7 @@ class Event:
     session_id: str
     event_type: str | None
     payload: dict[str, Any] = field(default_factory=dict)
+    payload_json: bytes = b"{}"  # the payload as JSON, serialised once for store and channels
 
     @property
     def dedup_key(self) -> tuple[int, bytes]:

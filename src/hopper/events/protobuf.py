@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from google.protobuf.message import DecodeError
 
 from hopper.events._pb import events_pb2 as pb
@@ -22,12 +23,15 @@ PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {
     for case in _CASES
 }
 EVENT_TYPES: tuple[str, ...] = tuple(PAYLOAD_FIELDS)
-_FLOAT_FIELDS = frozenset(
-    f"{case.name}.{f.name}"
+# float32 fields per case: read back as float64 they carry noise (0.8 -> 0.800000011920929).
+_FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
+    case.name: tuple(
+        f.name
+        for f in case.message_type.fields  # type: ignore[union-attr]
+        if f.type == f.TYPE_FLOAT
+    )
     for case in _CASES
-    for f in case.message_type.fields  # type: ignore[union-attr]
-    if f.type == f.TYPE_FLOAT
-)
+}
 
 
 def content_hash(raw: bytes) -> bytes:
@@ -47,11 +51,9 @@ def parse_event(index: int, raw: bytes) -> Event:
     payload: dict[str, Any] = {}
     if case is not None:
         sub = getattr(msg, case)
-        for name in PAYLOAD_FIELDS[case]:
-            value = getattr(sub, name)
-            if type(value) is float and f"{case}.{name}" in _FLOAT_FIELDS:
-                value = float(f"{value:.7g}")  # float32 on the wire: drop float64 noise
-            payload[name] = value
+        payload = {name: getattr(sub, name) for name in PAYLOAD_FIELDS[case]}
+        for name in _FLOAT_FIELDS[case]:
+            payload[name] = float(f"{payload[name]:.7g}")
     return Event(
         index=index,
         raw=raw,
@@ -65,6 +67,7 @@ def parse_event(index: int, raw: bytes) -> Event:
         session_id=msg.session_id,
         event_type=case,
         payload=payload,
+        payload_json=orjson.dumps(payload),
     )
 
 

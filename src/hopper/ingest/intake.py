@@ -1,8 +1,10 @@
 """The bounded intake queue and the group-commit writer behind every source.
 
 Sources reserve a slot, enqueue a payload with a completion callback, and acknowledge
-their client only when that callback reports the commit. One writer thread runs the
-stages, commits many payloads per transaction, then completes them and publishes.
+their client only when that callback reports the commit. The stages run in the source's
+own thread at enqueue time (pure CPU work that then overlaps with the writer's SQL, which
+releases the GIL); one writer thread commits many payloads per transaction, then
+completes them and publishes.
 A full queue is back pressure: sources wait (WebSocket, MQTT) or answer 503 (HTTP).
 """
 
@@ -55,11 +57,13 @@ OnDone = Callable[[BatchOutcome], None]
 
 @dataclass(slots=True)
 class _Item:
-    source: str
-    received_ms: int
-    payload: bytes
     on_done: OnDone
-    rejection: Rejection | None = None  # set when the source already refused the payload
+    write: PendingWrite
+    outcome: BatchOutcome
+
+    @property
+    def size(self) -> int:
+        return len(self.write.events) + len(self.write.rejections)
 
 
 _STOP = object()
@@ -141,8 +145,17 @@ class Intake:
     def enqueue(
         self, payload: bytes, source: str, on_done: OnDone, *, rejection: Rejection | None = None
     ) -> None:
-        """Queue a payload for which a slot is held; ``on_done`` runs after the commit."""
-        self._queue.put(_Item(source, self._clock.now_ms(), payload, on_done, rejection))
+        """Run the stages on a payload for which a slot is held, and queue the result.
+
+        ``on_done`` runs in the writer thread after the commit. ``rejection`` is set when
+        the source itself refused the payload (too large, wrong media type): it is recorded.
+        """
+        try:
+            item = self._prepare(payload, source, on_done, rejection)
+        except BaseException:
+            self.release()
+            raise
+        self._queue.put(item)
 
     async def submit(
         self, payload: bytes, source: str, *, rejection: Rejection | None = None
@@ -189,30 +202,33 @@ class Intake:
         stopping = False
         while not stopping:
             first = self._queue.get()
-            if first is _STOP:
-                return
-            group: list[tuple[_Item, PendingWrite, BatchOutcome]] = []
-            events = self._prepare(first, group)  # type: ignore[arg-type]
-            while events < self._commit_max_events:
+            if not isinstance(first, _Item):
+                return  # _STOP
+            group = [first]
+            rows = first.size
+            while rows < self._commit_max_events:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if not isinstance(item, _Item):
                     stopping = True
                     break
-                events += self._prepare(item, group)  # type: ignore[arg-type]
+                group.append(item)
+                rows += item.size
             self._commit(group)
 
-    def _prepare(self, item: _Item, group: list[tuple[_Item, PendingWrite, BatchOutcome]]) -> int:
-        source = self._metrics.component(item.source)
-        if item.rejection is not None:
-            events, rejected = [], [item.rejection]
-            source.rejected(item.rejection.reason.value)
+    def _prepare(
+        self, payload: bytes, source: str, on_done: OnDone, rejection: Rejection | None
+    ) -> _Item:
+        counters = self._metrics.component(source)
+        if rejection is not None:
+            events, rejected = [], [rejection]
+            counters.rejected(rejection.reason.value)
         else:
-            result = self._pipeline.run(item.payload)
+            result = self._pipeline.run(payload)
             events, rejected = result.passed, result.rejected
-        source.received.inc(len(events) + len(rejected))
+        counters.received.inc(len(events) + len(rejected))
         outcome = BatchOutcome()
         for r in rejected:
             if r.reason is RejectReason.DUPLICATE:
@@ -220,44 +236,42 @@ class Intake:
             else:
                 outcome.rejected.append(r)
         to_record = [r for r in rejected if r.reason in RECORDED_REASONS]
-        group.append(
-            (item, PendingWrite(item.source, item.received_ms, events, to_record), outcome)
-        )
-        return len(events) + len(to_record)
+        write = PendingWrite(source, self._clock.now_ms(), events, to_record)
+        return _Item(on_done, write, outcome)
 
-    def _commit(self, group: list[tuple[_Item, PendingWrite, BatchOutcome]]) -> None:
-        writes = [write for _, write, _ in group]
+    def _commit(self, group: list[_Item]) -> None:
+        writes = [item.write for item in group]
         started = time.perf_counter()
         stored = self._commit_with_retry(writes)
         elapsed = time.perf_counter() - started
         if stored is None:
-            for item, _, outcome in group:
-                outcome.error = "store unavailable; not committed, resend"
-                self._complete(item, outcome)
+            for item in group:
+                item.outcome.error = "store unavailable; not committed, resend"
+                self._complete(item)
             return
         self._metrics.commit_seconds.observe(elapsed)
         self._metrics.commit_events.observe(sum(len(w.events) for w in writes))
         self.last_commit_ms = self._clock.now_ms()
-        for (item, write, outcome), new in zip(group, stored, strict=True):
+        for item, new in zip(group, stored, strict=True):
+            write, outcome = item.write, item.outcome
             outcome.accepted = len(new)
             store_duplicates = len(write.events) - len(new)
             outcome.duplicates += store_duplicates
             self._dedup.rejected(RejectReason.DUPLICATE.value, store_duplicates)
             self._store_metrics.received.inc(len(write.events))
             self._store_metrics.sent.inc(len(new))
-            source = self._metrics.component(item.source)
-            source.sent.inc(len(new))
-            self._complete(item, outcome)
+            self._metrics.component(write.source).sent.inc(len(new))
+            self._complete(item)
             # Ack first, then publish: channels are best effort, the store is the record.
-            self._publisher.offer(new, item.received_ms)
+            self._publisher.offer(new, write.received_ms)
 
-    def _complete(self, item: _Item, outcome: BatchOutcome) -> None:
+    def _complete(self, item: _Item) -> None:
         self.release()
         try:
-            item.on_done(outcome)
+            item.on_done(item.outcome)
         except Exception:  # a source's callback must never kill the writer
-            logger.exception("Acknowledgement callback of source %s failed.", item.source)
-            self._metrics.component(item.source).error("ack_callback")
+            logger.exception("Acknowledgement callback of source %s failed.", item.write.source)
+            self._metrics.component(item.write.source).error("ack_callback")
 
     def _commit_with_retry(self, writes: list[PendingWrite]) -> list[list[Any]] | None:
         """Commit, retrying while the store is unavailable; None after an unexpected error."""

@@ -19,6 +19,10 @@ class Channels(Protocol):
         """Publish messages, in order, one message each, on ``channel``."""
         ...
 
+    def has_listeners(self, channel: str) -> bool:
+        """Tell whether publishing on ``channel`` can reach anyone (False lets it skip work)."""
+        ...
+
     async def subscribe(self, channel: str) -> AsyncGenerator[bytes, None]:
         """Subscribe now; the returned generator yields what is published from then on."""
         ...

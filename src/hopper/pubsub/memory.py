@@ -44,6 +44,10 @@ class MemoryChannels:
             except RuntimeError:
                 logger.debug("Subscriber loop closed; skipping.")
 
+    def has_listeners(self, channel: str) -> bool:
+        """Tell whether anyone in this process listens on ``channel``."""
+        return bool(self._subscribers.get(channel))
+
     def subscriber_count(self, channel: str) -> int:
         """Return how many consumers listen on ``channel``."""
         with self._lock:
@@ -51,18 +55,30 @@ class MemoryChannels:
 
     async def subscribe(self, channel: str) -> AsyncGenerator[bytes, None]:
         """Subscribe now; the generator yields messages published from then on."""
-        sub = _Subscriber(asyncio.get_running_loop(), self._max)
-        with self._lock:
-            self._subscribers.setdefault(channel, []).append(sub)
-        return self._messages(channel, sub)
+        messages = self._messages(channel, _Subscriber(asyncio.get_running_loop(), self._max))
+        # Run the generator up to its first yield: it is then registered, and aclose()
+        # unregisters it even if it is closed before anything was read from it.
+        await anext(messages)
+        return messages
 
     async def _messages(self, channel: str, sub: _Subscriber) -> AsyncGenerator[bytes, None]:
+        with self._lock:
+            self._subscribers.setdefault(channel, []).append(sub)
         try:
+            yield b""  # the priming value, consumed by subscribe()
             while True:
                 yield await sub.queue.get()
         finally:
             with self._lock:
-                self._subscribers[channel].remove(sub)
+                subscribers = self._subscribers.get(channel, [])
+                if sub in subscribers:  # close() may have forgotten it already
+                    subscribers.remove(sub)
+                if not subscribers:
+                    self._subscribers.pop(channel, None)
+            if sub.dropped:
+                logger.warning(
+                    "A slow subscriber of channel %s missed %d messages.", channel, sub.dropped
+                )
 
     def ping(self) -> None:
         """In-process channels are always available."""

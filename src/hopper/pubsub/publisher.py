@@ -102,6 +102,8 @@ class Publisher:
 
     def _publish(self, route: ChannelRoute, items: list[tuple[list[Event], int]]) -> None:
         metrics = self._metrics.component(route.sink)
+        if not self.channels.has_listeners(route.channel):
+            return  # nobody listens on an in-process channel: rendering would be wasted
         messages: list[bytes] = []
         for events, received_ms in items:
             messages += route.messages(events, received_ms)

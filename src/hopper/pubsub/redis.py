@@ -36,24 +36,42 @@ class RedisChannels:
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis publish failed: {exc}") from exc
 
+    def has_listeners(self, channel: str) -> bool:
+        """Always publish: subscribers are other processes this one cannot see cheaply."""
+        return True
+
     async def subscribe(self, channel: str) -> AsyncGenerator[bytes, None]:
         """Subscribe now; the generator yields messages published from then on."""
-        client = aioredis.Redis.from_url(self._url)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(channel)
-        except redis.RedisError as exc:
-            await client.aclose()
-            raise BackendUnavailable(f"Redis subscribe failed: {exc}") from exc
-        return self._messages(client, pubsub)
+        messages = self._messages(channel)
+        # Run the generator up to its first yield, i.e. until Redis has confirmed the
+        # subscription; from then on aclose() releases the connection even if nothing was
+        # read from the generator.
+        await anext(messages)
+        return messages
 
-    async def _messages(
-        self, client: aioredis.Redis, pubsub: aioredis.client.PubSub
-    ) -> AsyncGenerator[bytes, None]:
+    async def _messages(self, channel: str) -> AsyncGenerator[bytes, None]:
+        client = aioredis.Redis.from_url(self._url, socket_connect_timeout=5)
+        pubsub = client.pubsub()
         try:
+            try:
+                await pubsub.subscribe(channel)
+                # SUBSCRIBE is only sent by the call above. A PUBLISH on another connection
+                # that Redis handles before it would be missed: wait for the confirmation.
+                while True:
+                    reply = await pubsub.get_message(timeout=5.0)
+                    if reply is None:
+                        raise BackendUnavailable(f"Redis did not confirm SUBSCRIBE {channel}")
+                    if reply["type"] == "subscribe":
+                        break
+            except redis.RedisError as exc:
+                raise BackendUnavailable(f"Redis subscribe failed: {exc}") from exc
+            yield b""  # the priming value, consumed by subscribe()
             while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None:
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                except redis.RedisError as exc:
+                    raise BackendUnavailable(f"Redis subscription lost: {exc}") from exc
+                if message is not None and message["type"] == "message":
                     yield message["data"]
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from hopper.events.model import Event
 
 READER_EVENT_COLUMNS = (
@@ -42,6 +40,6 @@ def reader_event_row(event: Event, received_ms: int) -> tuple[Any, ...]:
         event.event_type,
         payload.get("book_id") or None,
         payload.get("page"),
-        orjson.dumps(payload).decode(),
+        event.payload_json.decode(),
         event.hash,
     )
