@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 
 import orjson
@@ -15,6 +16,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hopper.edge.node import EdgeNode
 from hopper.errors import HopperError
+
+logger = logging.getLogger(__name__)
 
 
 async def stream_channel(websocket: WebSocket) -> None:
@@ -31,17 +34,19 @@ async def stream_channel(websocket: WebSocket) -> None:
     except HopperError as exc:
         await websocket.close(code=1011, reason=str(exc)[:120])
         return
-    await websocket.send_text(orjson.dumps({"subscribed": channel}).decode())
-    relay = asyncio.create_task(_relay(websocket, subscription, binary=sink == "protos"))
+    relay: asyncio.Task[None] | None = None
     try:
+        await websocket.send_text(orjson.dumps({"subscribed": channel}).decode())
+        relay = asyncio.create_task(_relay(websocket, subscription, binary=sink == "protos"))
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass  # consumers have nothing to say; this loop notices when they leave
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
-        relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relay
+        if relay is not None:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
         await subscription.aclose()
 
 
@@ -56,3 +61,7 @@ async def _relay(
                 await websocket.send_text(message.decode())
     except (WebSocketDisconnect, RuntimeError):
         return
+    except HopperError as exc:  # the backend went away: tell the consumer instead of going quiet
+        logger.warning("Stream relay stopped: %s.", exc)
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.close(code=1011, reason="channel backend unavailable")
