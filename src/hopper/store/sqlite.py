@@ -68,14 +68,15 @@ class SqliteEventStore:
         """Apply pending migrations, each in its own transaction."""
         conn = self._conn
         conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
-        row = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()  # noqa: S608
-        current = row[0] or 0
         ran = 0
         for migration in MIGRATIONS:
-            if migration.version <= current:
-                continue
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Read under the write lock: another process may have just applied it.
+                row = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()  # noqa: S608
+                if (row[0] or 0) >= migration.version:
+                    conn.execute("COMMIT")
+                    continue
                 for statement in migration.sqlite:
                     conn.execute(statement)
                 conn.execute(
@@ -101,7 +102,9 @@ class SqliteEventStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
+            # Locked, I/O error, disk full: worth retrying. Other errors (constraint
+            # violations) come from the data and are raised as they are.
             raise BackendUnavailable(f"SQLite commit failed: {exc}") from exc
         return stored
 
