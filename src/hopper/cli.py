@@ -51,7 +51,9 @@ def _uvicorn_config(app_: Any, settings: HopperSettings) -> uvicorn.Config:
         host=settings.server.host,
         port=settings.server.port,
         ws="websockets-sansio",
-        ws_max_size=settings.ingest.max_body_bytes,
+        # Frames up to twice the limit reach Hopper, which records them as too_large;
+        # larger ones are cut off by the server (close code 1009) before they are read.
+        ws_max_size=2 * settings.ingest.max_body_bytes,
         http="httptools",
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         lifespan="on",

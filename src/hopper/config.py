@@ -49,6 +49,9 @@ class IngestSettings(BaseModel):
     queue_max_batches: int = Field(1024, gt=0)
     commit_max_events: int = Field(5000, gt=0)
     retry_after_secs: int = Field(1, ge=1)
+    # An HTTP request not acknowledged by then gets 503: its events may still be stored,
+    # and the client's resend is then absorbed by dedup.
+    http_ack_timeout_secs: float = Field(30.0, gt=0)
 
 
 class MqttSettings(BaseModel):

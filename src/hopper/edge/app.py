@@ -74,6 +74,7 @@ def create_app(
             node.intake,
             max_body_bytes=settings.ingest.max_body_bytes,
             retry_after_secs=settings.ingest.retry_after_secs,
+            ack_timeout_secs=settings.ingest.http_ack_timeout_secs,
         )
         routes.append(Route("/v1/events", receiver.handle, methods=["POST"]))
     if "websocket" in sources:

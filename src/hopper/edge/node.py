@@ -47,6 +47,7 @@ class EdgeNode:
             self.clock,
             max_batches=settings.ingest.queue_max_batches,
             commit_max_events=settings.ingest.commit_max_events,
+            max_payload_bytes=settings.ingest.max_body_bytes,
         )
         self.mqtt: MqttEventSource | None = None
         if "mqtt" in topology.sources:

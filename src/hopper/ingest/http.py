@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hopper.events.model import WHOLE_PAYLOAD, Rejection, RejectReason
-from hopper.ingest.intake import Intake
+from hopper.ingest.intake import KEPT_PREFIX_BYTES, Intake
 
 PROTOBUF_TYPES = frozenset(
     {
@@ -16,8 +18,6 @@ PROTOBUF_TYPES = frozenset(
         "application/octet-stream",
     }
 )
-# How much of a refused oversized body is kept in reader_events_errors.
-_KEPT_PREFIX = 1024
 
 
 class HttpEventReceiver:
@@ -25,10 +25,18 @@ class HttpEventReceiver:
 
     source = "http"
 
-    def __init__(self, intake: Intake, *, max_body_bytes: int, retry_after_secs: int) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        max_body_bytes: int,
+        retry_after_secs: int,
+        ack_timeout_secs: float = 30.0,
+    ) -> None:
         self._intake = intake
         self._max_body = max_body_bytes
         self._retry_after = retry_after_secs
+        self._ack_timeout = ack_timeout_secs
 
     async def handle(self, request: Request) -> Response:
         """Handle one POST."""
@@ -50,7 +58,7 @@ class HttpEventReceiver:
                 WHOLE_PAYLOAD,
                 RejectReason.UNSUPPORTED_MEDIA_TYPE,
                 f"content-type {media_type or '(none)'!r} is not application/x-protobuf",
-                body[:_KEPT_PREFIX],
+                body[:KEPT_PREFIX_BYTES],
             )
         if not self._intake.try_acquire():
             return JSONResponse(
@@ -58,7 +66,20 @@ class HttpEventReceiver:
                 status_code=503,
                 headers={"Retry-After": str(self._retry_after)},
             )
-        outcome = await self._intake.enqueue_and_wait(body, self.source, rejection=rejection)
+        try:
+            outcome = await asyncio.wait_for(
+                self._intake.enqueue_and_wait(body, self.source, rejection=rejection),
+                self._ack_timeout,
+            )
+        except TimeoutError:
+            return JSONResponse(
+                {
+                    "error": f"not committed within {self._ack_timeout:g} s (store slow or "
+                    "unavailable); resend later, duplicates are absorbed"
+                },
+                status_code=503,
+                headers={"Retry-After": str(self._retry_after)},
+            )
         if outcome.error is not None:
             return JSONResponse(
                 outcome.as_dict(), status_code=503, headers={"Retry-After": str(self._retry_after)}
@@ -76,13 +97,13 @@ class HttpEventReceiver:
         async for chunk in request.stream():
             chunks += chunk
             if len(chunks) > self._max_body:
-                return bytes(chunks[:_KEPT_PREFIX]), True
+                return bytes(chunks[:KEPT_PREFIX_BYTES]), True
         return bytes(chunks), False
 
 
 async def _prefix(request: Request) -> bytes:
     kept = bytearray()
     async for chunk in request.stream():
-        if len(kept) < _KEPT_PREFIX:
-            kept += chunk[: _KEPT_PREFIX - len(kept)]
+        if len(kept) < KEPT_PREFIX_BYTES:
+            kept += chunk[: KEPT_PREFIX_BYTES - len(kept)]
     return bytes(kept)

@@ -21,7 +21,7 @@ from typing import Any
 
 from hopper.clock import Clock
 from hopper.errors import HopperError
-from hopper.events.model import RECORDED_REASONS, Rejection, RejectReason
+from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Rejection, RejectReason
 from hopper.observe.metrics import HopperMetrics
 from hopper.pipeline.topology import EdgePipeline
 from hopper.pubsub.publisher import Publisher
@@ -54,6 +54,9 @@ class BatchOutcome:
 
 OnDone = Callable[[BatchOutcome], None]
 
+# How much of a refused oversized payload is kept in reader_events_errors.
+KEPT_PREFIX_BYTES = 1024
+
 
 @dataclass(slots=True)
 class _Item:
@@ -82,6 +85,7 @@ class Intake:
         *,
         max_batches: int = 1024,
         commit_max_events: int = 5000,
+        max_payload_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._pipeline = pipeline
         self._store = store
@@ -90,11 +94,11 @@ class Intake:
         self._clock = clock
         self.capacity = max_batches
         self._commit_max_events = commit_max_events
+        self._max_payload_bytes = max_payload_bytes
         self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
         self._used = 0
         self._slots = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="hopper-writer", daemon=True)
-        self._dedup = metrics.component("dedup")
         self._store_metrics = metrics.component("store")
         metrics.queue_capacity.set(max_batches)
         self.last_commit_ms: int | None = None
@@ -222,6 +226,14 @@ class Intake:
         self, payload: bytes, source: str, on_done: OnDone, rejection: Rejection | None
     ) -> _Item:
         counters = self._metrics.component(source)
+        if rejection is None and len(payload) > self._max_payload_bytes:
+            rejection = Rejection(
+                WHOLE_PAYLOAD,
+                RejectReason.TOO_LARGE,
+                f"payload of {len(payload)} bytes is larger than max_body_bytes="
+                f"{self._max_payload_bytes}; first {KEPT_PREFIX_BYTES} bytes kept",
+                payload[:KEPT_PREFIX_BYTES],
+            )
         if rejection is not None:
             events, rejected = [], [rejection]
             counters.rejected(rejection.reason.value)
@@ -244,10 +256,14 @@ class Intake:
         started = time.perf_counter()
         stored = self._commit_with_retry(writes)
         elapsed = time.perf_counter() - started
-        if stored is None:
+        if stored is None and len(group) > 1:
+            # Some payload's rows broke the transaction: commit each alone, so only it fails.
             for item in group:
-                item.outcome.error = "store unavailable; not committed, resend"
-                self._complete(item)
+                self._commit([item])
+            return
+        if stored is None:
+            group[0].outcome.error = "commit failed unexpectedly; nothing stored, resend later"
+            self._complete(group[0])
             return
         self._metrics.commit_seconds.observe(elapsed)
         self._metrics.commit_events.observe(sum(len(w.events) for w in writes))
@@ -257,9 +273,10 @@ class Intake:
             outcome.accepted = len(new)
             store_duplicates = len(write.events) - len(new)
             outcome.duplicates += store_duplicates
-            self._dedup.rejected(RejectReason.DUPLICATE.value, store_duplicates)
+            # The store is the cross-batch dedup: it counts what it refused as duplicates.
             self._store_metrics.received.inc(len(write.events))
             self._store_metrics.sent.inc(len(new))
+            self._store_metrics.rejected(RejectReason.DUPLICATE.value, store_duplicates)
             self._metrics.component(write.source).sent.inc(len(new))
             self._complete(item)
             # Ack first, then publish: channels are best effort, the store is the record.

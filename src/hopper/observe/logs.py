@@ -36,6 +36,14 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class ConsoleFormatter(logging.Formatter):
+    """Human-readable lines; tracebacks are redacted like messages."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - overrides logging's name
+        """Render a traceback with secrets masked."""
+        return redact(super().formatException(ei))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
@@ -64,6 +72,6 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(ConsoleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)

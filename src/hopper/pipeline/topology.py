@@ -9,6 +9,7 @@ from hopper.clock import Clock
 from hopper.config import HopperSettings
 from hopper.errors import ConfigError
 from hopper.events.model import Event
+from hopper.events.protobuf import EVENT_TYPES
 from hopper.observe.metrics import HopperMetrics
 from hopper.pipeline.stage import Stage, StageResult
 from hopper.pipeline.stages import Decode, Dedup, Validate
@@ -66,6 +67,15 @@ def check_edge_topology(settings: HopperSettings) -> list[str]:
     ]
     if len(set(topology.stages)) != len(topology.stages):
         problems.append("pipeline.edge.stages: a stage is listed twice")
+    types = settings.pubsub.lp_events_types
+    if types is not None:
+        if not types:
+            problems.append("pubsub.lp_events_types: empty list; leave it unset to publish all")
+        problems += [
+            f"pubsub.lp_events_types: unknown event type {name!r} (known: {', '.join(EVENT_TYPES)})"
+            for name in types
+            if name not in EVENT_TYPES
+        ]
     return problems
 
 

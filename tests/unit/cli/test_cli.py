@@ -90,3 +90,12 @@ def test_unknown_job_is_refused() -> None:
     result = runner.invoke(app, ["job", "nope"])
     assert result.exit_code == 2
     assert "purge-errors" in result.output
+
+
+def test_config_check_names_an_unknown_lp_event_type(tmp_path: Path) -> None:
+    config = _write(
+        tmp_path / "h.toml", '[pubsub]\nlp_events_types = ["page_viewed", "pageview"]\n'
+    )
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "unknown event type 'pageview'" in result.output

@@ -116,3 +116,45 @@ def test_unexpected_store_error_fails_the_batch_without_killing_the_writer(tmp_p
     assert first.error is not None and first.accepted == 0
     assert second.error is None and second.accepted == 3  # the resend is stored
     assert intake.is_alive is False  # stopped cleanly by stop(), not crashed before
+
+
+def test_one_payload_that_breaks_the_transaction_fails_alone(tmp_path: Path) -> None:
+    from hopper.events import encode_batch
+    from hopper.events._pb import events_pb2 as pb
+
+    store = FlakyStore(tmp_path / "e.db", failures=0)
+    store.migrate()
+    # Without the validate stage, an event with no payload reaches the store and violates
+    # its NOT NULL event_type: the store raises, and only that payload may fail.
+    settings = load_settings(pipeline={"edge": {"stages": ["decode", "dedup"]}})
+    metrics = HopperMetrics()
+    clock = FrozenClock(NOW_MS)
+    publisher = Publisher(MemoryChannels(), [], metrics)
+    intake = Intake(build_edge_pipeline(settings, clock, metrics), store, publisher, metrics, clock)
+    no_payload = encode_batch([pb.Event(username="u", device_id="d", app_time_ms=NOW_MS)])
+    results: dict[int, BatchOutcome] = {}
+    for n, payload in enumerate([make_batch(3), no_payload, make_batch(3, start=10)]):
+        assert intake.try_acquire()
+        intake.enqueue(payload, "test", lambda o, n=n: results.__setitem__(n, o))
+    intake.start()
+    intake.stop()
+    assert results[0].accepted == 3 and results[0].error is None
+    assert results[1].error is not None and results[1].accepted == 0
+    assert results[2].accepted == 3 and results[2].error is None
+    assert store.count("reader_events") == 6
+    assert intake.depth == 0
+
+
+def test_oversized_payload_is_recorded_as_too_large(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "e.db", failures=0)
+    store.migrate()
+    intake, _ = _intake(store, max_payload_bytes=500)
+    intake.start()
+    try:
+        (outcome,) = _submit_all(intake, [make_batch(20)])
+    finally:
+        intake.stop()
+    assert [r.reason.value for r in outcome.rejected] == ["too_large"]
+    (error,) = store.errors()
+    assert error.reason == "too_large" and error.source == "test"
+    assert len(error.raw) == 1024
