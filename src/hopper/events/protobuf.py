@@ -34,9 +34,13 @@ _FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+_sha256 = hashlib.sha256
+_dumps = orjson.dumps
+
+
 def content_hash(raw: bytes) -> bytes:
     """Return the 16-byte content hash of an event's raw bytes (SHA-256 prefix)."""
-    return hashlib.sha256(raw).digest()[:16]
+    return _sha256(raw).digest()[:16]
 
 
 def split_batch(payload: bytes) -> list[bytes]:
@@ -46,7 +50,11 @@ def split_batch(payload: bytes) -> list[bytes]:
 
 def parse_event(index: int, raw: bytes) -> Event:
     """Parse one event's raw bytes; raise DecodeError if malformed."""
-    msg = PbEvent.FromString(raw)
+    return _event(index, raw, PbEvent.FromString(raw))
+
+
+def _event(index: int, raw: bytes, msg: pb.Event) -> Event:
+    # The hot path of ingest: positional arguments and no helper calls, on purpose.
     case = msg.WhichOneof("payload")
     payload: dict[str, Any] = {}
     if case is not None:
@@ -55,19 +63,19 @@ def parse_event(index: int, raw: bytes) -> Event:
         for name in _FLOAT_FIELDS[case]:
             payload[name] = float(f"{payload[name]:.7g}")
     return Event(
-        index=index,
-        raw=raw,
-        hash=content_hash(raw),
-        username=msg.username,
-        device_id=msg.device_id,
-        school_id=msg.school_id,
-        app_time_ms=msg.app_time_ms,
-        app_version=msg.app_version,
-        platform=msg.platform,
-        session_id=msg.session_id,
-        event_type=case,
-        payload=payload,
-        payload_json=orjson.dumps(payload),
+        index,
+        raw,
+        _sha256(raw).digest()[:16],
+        msg.username,
+        msg.device_id,
+        msg.school_id,
+        msg.app_time_ms,
+        msg.app_version,
+        msg.platform,
+        msg.session_id,
+        case,
+        payload,
+        _dumps(payload),
     )
 
 
@@ -79,6 +87,14 @@ def decode_batch(payload: bytes) -> tuple[list[Event], list[Rejection]]:
         return [], [
             Rejection(WHOLE_PAYLOAD, RejectReason.UNDECODABLE, f"not an EventBatch: {exc}", payload)
         ]
+    try:
+        # Parsing the batch whole is ~4x cheaper per event than one parse per event; the
+        # messages are the same as parsing each raw entry alone.
+        messages = list(PbEventBatch.FromString(payload).events)
+    except DecodeError:
+        messages = []  # some entry is corrupt: parse one by one to keep its neighbours
+    if len(messages) == len(raws):
+        return [_event(i, raw, msg) for i, (raw, msg) in enumerate(zip(raws, messages))], []
     events: list[Event] = []
     rejections: list[Rejection] = []
     for index, raw in enumerate(raws):
