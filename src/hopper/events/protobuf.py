@@ -94,7 +94,9 @@ def decode_batch(payload: bytes) -> tuple[list[Event], list[Rejection]]:
     except DecodeError:
         messages = []  # some entry is corrupt: parse one by one to keep its neighbours
     if len(messages) == len(raws):
-        return [_event(i, raw, msg) for i, (raw, msg) in enumerate(zip(raws, messages))], []
+        return [
+            _event(i, raw, msg) for i, (raw, msg) in enumerate(zip(raws, messages, strict=True))
+        ], []
     events: list[Event] = []
     rejections: list[Rejection] = []
     for index, raw in enumerate(raws):
