@@ -10,9 +10,15 @@ import orjson
 
 from hopper.config import StoreSettings
 from hopper.errors import BackendMissing, BackendUnavailable
-from hopper.events.model import Event
+from hopper.events.model import Event, Rejection
 from hopper.store.base import TABLES, PendingWrite, StoredError
-from hopper.store.rows import ERROR_COLUMNS, READER_EVENT_COLUMNS, reader_event_row
+from hopper.store.rows import (
+    ERROR_COLUMNS,
+    READER_EVENT_COLUMNS,
+    error_row,
+    reader_event_row,
+    rows_after_raw_insert,
+)
 from hopper.store.schema import MIGRATIONS, VERSION_TABLE
 
 try:
@@ -75,6 +81,12 @@ def _reader_row(event: Event, received_ms: int) -> tuple[Any, ...]:
     fixed = [_scrub(value) for value in row]
     fixed[_PAYLOAD] = orjson.dumps(_scrub(event.payload)).decode()
     return tuple(fixed)
+
+
+def _error_row(write: PendingWrite, rejection: Rejection) -> tuple[Any, ...]:
+    """Return the ``reader_events_errors`` row, with U+0000 replaced in the detail."""
+    row = error_row(write, rejection)
+    return (*row[:3], row[3].replace(_NUL, "\ufffd"), row[4])
 
 
 class PostgresEventStore:
@@ -174,28 +186,15 @@ class PostgresEventStore:
         if times:
             cur.execute(_INSERT_RAW, (times, hashes, received, raws))
             inserted.update(cur.fetchall())
-        stored: list[list[Event]] = []
-        reader_rows: list[tuple[Any, ...]] = []
-        error_rows: list[tuple[Any, ...]] = []
-        for w in writes:
-            new: list[Event] = []
-            for e in w.events:
-                key = (e.app_time_ms, e.hash)
-                if key in inserted:
-                    inserted.discard(key)  # a later copy in this commit is a duplicate
-                    new.append(e)
-                    reader_rows.append(_reader_row(e, w.received_ms))
-            stored.append(new)
-            error_rows += [
-                (w.received_ms, w.source, r.reason.value, r.detail.replace(_NUL, "\ufffd"), r.raw)
-                for r in w.rejections
-            ]
-        for sql, rows in ((_COPY_READER, reader_rows), (_COPY_ERRORS, error_rows)):
-            if rows:
+        rows = rows_after_raw_insert(
+            writes, inserted, reader_row=_reader_row, rejection_row=_error_row
+        )
+        for sql, table_rows in ((_COPY_READER, rows.reader), (_COPY_ERRORS, rows.errors)):
+            if table_rows:
                 with cur.copy(sql) as copy:
-                    for row in rows:
+                    for row in table_rows:
                         copy.write_row(row)
-        return stored
+        return rows.stored
 
     def purge_errors(self, older_than_ms: int) -> int:
         """Delete errors received before the cut-off."""

@@ -12,7 +12,7 @@ from hopper.config import StoreSettings
 from hopper.errors import BackendUnavailable
 from hopper.events.model import Event
 from hopper.store.base import TABLES, PendingWrite, StoredError
-from hopper.store.rows import ERROR_COLUMNS, READER_EVENT_COLUMNS, reader_event_row
+from hopper.store.rows import ERROR_COLUMNS, READER_EVENT_COLUMNS, rows_after_raw_insert
 from hopper.store.schema import MIGRATIONS, VERSION_TABLE
 
 logger = logging.getLogger(__name__)
@@ -118,26 +118,12 @@ class SqliteEventStore:
             for w, e in chunk:
                 params += (e.app_time_ms, e.hash, w.received_ms, e.raw)
             inserted.update(conn.execute(_insert_raw_sql(len(chunk)), params).fetchall())
-        stored: list[list[Event]] = []
-        reader_rows = []
-        error_rows = []
-        for w in writes:
-            new: list[Event] = []
-            for e in w.events:
-                key = (e.app_time_ms, e.hash)
-                if key in inserted:
-                    inserted.discard(key)  # a later copy in this commit is a duplicate
-                    new.append(e)
-                    reader_rows.append(reader_event_row(e, w.received_ms))
-            stored.append(new)
-            error_rows += [
-                (w.received_ms, w.source, r.reason.value, r.detail, r.raw) for r in w.rejections
-            ]
-        if reader_rows:
-            conn.executemany(_INSERT_READER, reader_rows)
-        if error_rows:
-            conn.executemany(_INSERT_ERROR, error_rows)
-        return stored
+        rows = rows_after_raw_insert(writes, inserted)
+        if rows.reader:
+            conn.executemany(_INSERT_READER, rows.reader)
+        if rows.errors:
+            conn.executemany(_INSERT_ERROR, rows.errors)
+        return rows.stored
 
     def purge_errors(self, older_than_ms: int) -> int:
         """Delete errors received before the cut-off."""
