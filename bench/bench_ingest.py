@@ -761,6 +761,7 @@ class Options:
     connections: int
     window: int
     mqtt_window: int
+    mqtt_port: int
     max_rate: int
     latency_rate: float | None
     profile: bool
@@ -861,7 +862,11 @@ class StoreBench:
         mqtt_topic = f"{mqtt_client}/tablet-0001/events"
         if transport == "mqtt":
             config["pipeline.edge"]["sources"] = ["http", "websocket", "mqtt"]
-            config["mqtt"] = {"topic": f"{mqtt_client}/+/events", "client_id": mqtt_client}
+            config["mqtt"] = {
+                "topic": f"{mqtt_client}/+/events",
+                "client_id": mqtt_client,
+                "port": opts.mqtt_port,
+            }
         config_path = opts.run_dir / f"{label}.toml"
         write_config(config_path, config)
         count = math.ceil(opts.max_rate * opts.duration / BATCH_EVENTS)
@@ -877,7 +882,9 @@ class StoreBench:
             if transport == "mqtt":
                 watcher = CommitWatcher(self.kind, target)
                 watcher.start()
-                sender = MqttSender(topic=mqtt_topic, client_id=f"{mqtt_client}-pub")
+                sender = MqttSender(
+                    port=opts.mqtt_port, topic=mqtt_topic, client_id=f"{mqtt_client}-pub"
+                )
                 # The subscription is in place once a probe batch gets committed.
                 watcher.track(probe.last_ms)
                 sender.publish(probe.payloads[0])
@@ -922,7 +929,7 @@ class StoreBench:
                 watcher.stop()
             server.stop()
             if transport == "mqtt":
-                _forget_mqtt_session(mqtt_client)
+                _forget_mqtt_session(mqtt_client, opts.mqtt_port)
             self.drop_store(target)
         return result
 
@@ -978,7 +985,7 @@ class StoreBench:
         return summary
 
 
-def _forget_mqtt_session(client_id: str) -> None:
+def _forget_mqtt_session(client_id: str, port: int) -> None:
     """Remove the server's persistent session from the broker (a clean-session connect)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -990,7 +997,7 @@ def _forget_mqtt_session(client_id: str) -> None:
         protocol=mqtt.MQTTv311,
     )
     with contextlib.suppress(OSError):
-        client.connect("127.0.0.1", 1883)
+        client.connect("127.0.0.1", port)
         client.loop_start()
         time.sleep(0.2)
         client.disconnect()
@@ -1153,6 +1160,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--latency-rate", type=float, default=None, help="events/s (default: half the max)"
     )
+    parser.add_argument(
+        "--mqtt-port", type=int, default=1883, help="the Mosquitto broker on 127.0.0.1 to use"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the server (throughput)")
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable")
     parser.add_argument("--keep", action="store_true", help="keep the SQLite copies")
@@ -1182,6 +1192,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         connections=args.connections,
         window=args.window,
         mqtt_window=args.mqtt_window,
+        mqtt_port=args.mqtt_port,
         max_rate=args.max_rate,
         latency_rate=args.latency_rate,
         profile=args.profile,
