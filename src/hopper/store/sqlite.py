@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from hopper.config import StoreSettings
 from hopper.errors import BackendUnavailable
@@ -17,27 +19,104 @@ from hopper.store.schema import MIGRATIONS, VERSION_TABLE
 
 logger = logging.getLogger(__name__)
 
-# Rows per multi-row INSERT ... RETURNING (4 parameters each, well under SQLite's limit).
-_CHUNK = 500
+# Each statement inserts many rows because sqlite3 releases the GIL once per step: one
+# step per row lets the event loop's thread hold the writer back at every row (the
+# convoy effect), while one step per ~1,000 rows runs them in C beside it. Statements
+# are prepared for a few fixed sizes only (preparing one costs about as much as running
+# it), and a commit's rows are cut into those sizes, largest first.
+_CHUNK_SIZES = (1024, 256, 64, 16, 4, 1)
+_RAW_COLUMNS = ("app_time_ms", "hash", "received_ms", "raw")
+
+
+def chunk_sizes(rows: int, max_size: int = _CHUNK_SIZES[0]) -> list[int]:
+    """Cut a number of rows into the fixed statement sizes (at most ``max_size``)."""
+    sizes = []
+    for size in _CHUNK_SIZES:
+        if size > max_size:
+            continue
+        count, rows = divmod(rows, size)
+        sizes += [size] * count
+    return sizes
 
 
 @cache
-def _insert_raw_sql(rows: int) -> str:
-    values = ",".join(["(?,?,?,?)"] * rows)
+def _insert_sql(table: str, columns: tuple[str, ...], rows: int, suffix: str = "") -> str:
+    one = f"({','.join('?' * len(columns))})"
     return (
-        f"INSERT INTO raw_events (app_time_ms, hash, received_ms, raw) VALUES {values} "  # noqa: S608
-        "ON CONFLICT DO NOTHING RETURNING app_time_ms, hash"
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608
+        f"{','.join([one] * rows)}{suffix}"
     )
 
 
-_INSERT_READER = (
-    f"INSERT INTO reader_events ({', '.join(READER_EVENT_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' * len(READER_EVENT_COLUMNS))})"
-)
+_IGNORE_DUPLICATES = " ON CONFLICT DO NOTHING"
+_RETURN_NEW = " ON CONFLICT DO NOTHING RETURNING app_time_ms, hash"
+
 _INSERT_ERROR = (
     f"INSERT INTO reader_events_errors ({', '.join(ERROR_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' * len(ERROR_COLUMNS))})"
 )
+
+
+def _insert_chunked(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    params: list[Any],
+    suffix: str = "",
+) -> list[Any]:
+    """Insert rows given as one flat parameter list; return what the statements return."""
+    width = len(columns)
+    # SQLite before 3.32 allows only 999 parameters a statement.
+    max_size = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    returned: list[Any] = []
+    start = 0
+    for size in chunk_sizes(len(params) // width, max_size):
+        end = start + size * width
+        cursor = conn.execute(_insert_sql(table, columns, size, suffix), params[start:end])
+        if suffix:
+            returned += cursor.fetchall()
+        start = end
+    return returned
+
+
+# A commit never waits for a checkpoint (copying the WAL into the database file, then
+# fsync): a checkpointer thread does it every CHECKPOINT_INTERVAL_SECS with a connection
+# of its own, outside the GIL. A writer that never pauses keeps the WAL from restarting;
+# past WAL_LIMIT_PAGES its own commits checkpoint the few frames left, so the WAL stays
+# bounded (4 KiB pages: 64 MiB).
+CHECKPOINT_INTERVAL_SECS = 0.25
+WAL_LIMIT_PAGES = 16384
+
+
+class _Checkpointer:
+    """Background thread that checkpoints the WAL of one database file."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(
+            target=self._run, name="hopper-sqlite-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_INTERVAL_SECS):
+            try:
+                # PASSIVE never blocks the writer; it copies what no reader still needs.
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                if not self._failing:  # say it once, not four times a second
+                    logger.warning("SQLite background checkpoint failed: %s.", exc)
+                self._failing = True
+            else:
+                self._failing = False
+
+    def stop(self) -> None:
+        """Stop the thread and close its connection."""
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
 
 
 class SqliteEventStore:
@@ -50,7 +129,12 @@ class SqliteEventStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30
+                path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30,
+                # Room for every fixed-size insert of every table, and the queries.
+                cached_statements=256,
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a committed transaction survives a process crash.
@@ -58,6 +142,7 @@ class SqliteEventStore:
             self._conn.execute("PRAGMA cache_size=-65536")
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"Cannot open SQLite store {path}: {exc}") from exc
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> SqliteEventStore:
@@ -95,6 +180,10 @@ class SqliteEventStore:
         """Write all writes in one transaction; return the new events of each."""
         conn = self._conn
         try:
+            if self._checkpointer is None:
+                # Started by the first commit: stores opened only to read need none.
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT_PAGES}")
+                self._checkpointer = _Checkpointer(self.path)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 stored = self._write(conn, writes)
@@ -110,17 +199,34 @@ class SqliteEventStore:
 
     def _write(self, conn: sqlite3.Connection, writes: Sequence[PendingWrite]) -> list[list[Event]]:
         # Insert the raw rows first: the primary key decides which events are new.
-        candidates = [(w, e) for w in writes for e in w.events]
-        inserted: set[tuple[int, bytes]] = set()
-        for start in range(0, len(candidates), _CHUNK):
-            chunk = candidates[start : start + _CHUNK]
-            params: list[object] = []
-            for w, e in chunk:
-                params += (e.app_time_ms, e.hash, w.received_ms, e.raw)
-            inserted.update(conn.execute(_insert_raw_sql(len(chunk)), params).fetchall())
+        params: list[Any] = []
+        keys: set[tuple[int, bytes]] = set()
+        for w in writes:
+            received = w.received_ms
+            for e in w.events:
+                params += (e.app_time_ms, e.hash, received, e.raw)
+                keys.add((e.app_time_ms, e.hash))
+        expected = len(params) // len(_RAW_COLUMNS)
+        inserted = keys
+        if expected:
+            # Fast path: without RETURNING each statement is one step. When the count of
+            # inserted rows falls short, some were duplicates: redo the insert asking
+            # which keys were new (one step per row, but duplicates are rare).
+            conn.execute("SAVEPOINT raw_insert")
+            before = conn.total_changes
+            _insert_chunked(conn, "raw_events", _RAW_COLUMNS, params, _IGNORE_DUPLICATES)
+            if conn.total_changes - before != expected:
+                conn.execute("ROLLBACK TO raw_insert")
+                inserted = set(
+                    _insert_chunked(conn, "raw_events", _RAW_COLUMNS, params, _RETURN_NEW)
+                )
+            conn.execute("RELEASE raw_insert")
         rows = rows_after_raw_insert(writes, inserted)
         if rows.reader:
-            conn.executemany(_INSERT_READER, rows.reader)
+            flat: list[Any] = []
+            for row in rows.reader:
+                flat += row
+            _insert_chunked(conn, "reader_events", READER_EVENT_COLUMNS, flat)
         if rows.errors:
             conn.executemany(_INSERT_ERROR, rows.errors)
         return rows.stored
@@ -163,5 +269,8 @@ class SqliteEventStore:
             raise BackendUnavailable(f"SQLite store {self.path} unusable: {exc}") from exc
 
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the checkpointer and close the connection."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self._conn.close()

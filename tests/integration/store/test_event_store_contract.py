@@ -192,6 +192,27 @@ def test_duplicates_within_one_commit_are_stored_once(store: EventStore) -> None
     assert store.count("raw_events") == 2
 
 
+def test_large_commits_with_duplicates_spread_across_writes(
+    store: EventStore, settings: HopperSettings
+) -> None:
+    # More rows than one statement holds, so the backends' chunked paths are all crossed.
+    first = events(2_500)
+    assert store.commit(
+        [PendingWrite("http", NOW_MS, first[i : i + 100]) for i in range(0, 2_500, 100)]
+    ) == [first[i : i + 100] for i in range(0, 2_500, 100)]
+    # Half of each write repeats a stored event, and one write repeats another of this commit.
+    mixed = events(3_000, start=1_250)
+    writes = [PendingWrite("mqtt", NOW_MS + 1, mixed[i : i + 100]) for i in range(0, 3_000, 100)]
+    writes.append(PendingWrite("mqtt", NOW_MS + 2, mixed[2_990:]))
+    stored = store.commit(writes)
+    new = [e for e in mixed if e.hash not in {f.hash for f in first}]
+    assert [e for write in stored for e in write] == new
+    assert stored[-1] == []
+    assert store.count("raw_events") == store.count("reader_events") == 4_250
+    pages = query(settings, "SELECT count(DISTINCT page) FROM reader_events")
+    assert pages == [(4_250,)]
+
+
 def test_rejections_are_recorded_with_source_reason_detail_and_raw(store: EventStore) -> None:
     rejected = rejections(b"\xff\xff", b"\x0a\x05ab")
     good = events(1)

@@ -158,3 +158,30 @@ def test_oversized_payload_is_recorded_as_too_large(tmp_path: Path) -> None:
     (error,) = store.errors()
     assert error.reason == "too_large" and error.source == "test"
     assert len(error.raw) == 1024
+
+
+def test_a_bug_in_the_stages_fails_its_payload_alone(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "e.db", failures=0)
+    store.migrate()
+    intake, metrics = _intake(store)
+    poison = b"poison"
+    run = intake._pipeline.run
+
+    def buggy_run(payload: bytes) -> object:
+        if payload == poison:
+            raise RuntimeError("a bug, not bad data")
+        return run(payload)
+
+    intake._pipeline.run = buggy_run  # type: ignore[method-assign,assignment]
+    intake.start()
+    try:
+        outcomes = _submit_all(intake, [make_batch(5), poison, make_batch(5, start=5)])
+    finally:
+        intake.stop()
+    failed = [o for o in outcomes if o.error is not None]
+    assert len(failed) == 1 and failed[0].accepted == 0
+    assert sorted(o.accepted for o in outcomes) == [0, 5, 5]
+    assert store.count("reader_events") == 10
+    assert intake.depth == 0
+    errors = metrics.errors.labels(component="test", error_type="stages")._value.get()
+    assert errors == 1
