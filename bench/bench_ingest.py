@@ -353,6 +353,22 @@ class Server:
                 time.sleep(0.1)
         raise TimeoutError(f"hopper serve not ready in {timeout} s:\n{self.log_tail()}")
 
+    def writer_totals(self) -> dict[str, float]:
+        """Read the writer's cumulative commit counters from the server's /metrics."""
+        wanted = {
+            "store_commit_seconds_sum": "seconds",
+            "store_commit_seconds_count": "commits",
+            "store_commit_events_sum": "events",
+        }
+        totals = dict.fromkeys(wanted.values(), 0.0)
+        with contextlib.suppress(httpx.HTTPError):
+            text = httpx.get(f"{self.base_url}/metrics", timeout=5).text
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if name in wanted:
+                    totals[wanted[name]] = float(value)
+        return totals
+
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -525,6 +541,7 @@ class Phase:
     exhausted: bool = False
     target_rate: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
+    writer: dict[str, float] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
 
     def summary(self, warmup: float) -> dict[str, Any]:
@@ -557,6 +574,7 @@ class Phase:
             "ran_out_of_batches": self.exhausted,
             "anomalies": dict(self.anomalies),
             "cpu_pct": self.cpu,
+            "writer": self.writer,
             "profile": self.profile,
         }
 
@@ -953,6 +971,8 @@ class StoreBench:
             profile_path = opts.run_dir / f"profile-{label}.txt"
             profiler = Profiler(opts.py_spy, server.proc.pid, profile_path, duration)
         meter = CpuMeter(server.proc.pid)
+        writer_before = server.writer_totals()
+        started = time.perf_counter()
         if transport == "websocket":
             phase = asyncio.run(
                 websocket_phase(
@@ -972,17 +992,37 @@ class StoreBench:
                 rate=rate,
             )  # fmt: skip
         phase.cpu = meter.stop()
+        phase.writer = _writer_summary(
+            writer_before, server.writer_totals(), time.perf_counter() - started
+        )
         if profiler is not None:
             phase.profile = profiler.finish()
         summary = phase.summary(opts.warmup)
         lat = summary["latency_ms"] or {}
         log(
             f"{label}: {summary['events_per_s']:,} events/s, ack latency p50 "
-            f"{lat.get('p50')} ms, p99 {lat.get('p99')} ms; CPU % {phase.cpu}"
+            f"{lat.get('p50')} ms, p99 {lat.get('p99')} ms; CPU % {phase.cpu}; "
+            f"writer {summary['writer']}"
         )
         if summary["anomalies"] or summary["ran_out_of_batches"]:
             log(f"{label}: anomalies {summary['anomalies']}, ran out: {phase.exhausted}")
         return summary
+
+
+def _writer_summary(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """How the server's writer spent a phase: commits, events a commit, share of time busy."""
+    commits = after["commits"] - before["commits"]
+    busy = after["seconds"] - before["seconds"]
+    return {
+        "commits": commits,
+        "events_per_commit": round((after["events"] - before["events"]) / commits)
+        if commits
+        else 0,
+        "commit_ms_mean": round(busy / commits * 1000, 2) if commits else 0.0,
+        "busy_pct": round(busy / seconds * 100, 1) if seconds else 0.0,
+    }
 
 
 def _forget_mqtt_session(client_id: str, port: int) -> None:

@@ -4,10 +4,12 @@ Sources reserve a slot, enqueue a payload with a completion callback, and acknow
 their client only when that callback reports the commit. One writer thread takes the
 queued payloads, runs the stages on each (decode, validate, dedup), commits many
 payloads per transaction, then completes them and publishes.
-The stages run in the writer, not in the sources' threads: both are CPU work under one
-GIL, and two busy threads handing the GIL to each other ran ~15% slower than one thread
-doing both (bench/README.md). A full queue is back pressure: sources wait (WebSocket,
-MQTT) or answer 503 (HTTP).
+The stages never run in the sources' threads: stages and commits are CPU work under one
+GIL, and two busy threads handing the GIL to each other ran 10-20% slower than one
+thread doing both (bench/README.md). So on SQLite the writer runs the stages itself; on
+a store whose commit mostly waits for a server (``EventStore.commit_waits_on_server``),
+a stages thread prepares the next group while the writer waits for the current commit.
+A full queue is back pressure: sources wait (WebSocket, MQTT) or answer 503 (HTTP).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +113,11 @@ class Intake:
         self._used = 0
         self._slots = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="hopper-writer", daemon=True)
+        # At most one prepared group waits for the writer: the queue's slots stay the bound.
+        self._groups: queue.Queue[list[_Item] | object] = queue.Queue(maxsize=1)
+        self._stager: threading.Thread | None = None
+        if store.commit_waits_on_server:
+            self._stager = threading.Thread(target=self._stage, name="hopper-stages", daemon=True)
         self._store_metrics = metrics.component("store")
         metrics.queue_capacity.set(max_batches)
         self.last_commit_ms: int | None = None
@@ -195,7 +202,9 @@ class Intake:
     # -- the writer ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread."""
+        """Start the writer thread (and the stages thread, if the store has one)."""
+        if self._stager is not None:
+            self._stager.start()
         self._thread.start()
 
     @property
@@ -206,10 +215,29 @@ class Intake:
     def stop(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the writer."""
         self._queue.put(_STOP)
+        if self._stager is not None and self._stager.is_alive():
+            self._stager.join(timeout)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        if self._stager is None:
+            for group in self._prepared_groups():
+                self._commit(group)
+            return
+        while True:
+            prepared = self._groups.get()
+            if not isinstance(prepared, list):
+                return  # _STOP
+            self._commit(prepared)
+
+    def _stage(self) -> None:
+        for group in self._prepared_groups():
+            self._groups.put(group)  # waits while the writer still has one
+        self._groups.put(_STOP)
+
+    def _prepared_groups(self) -> Iterator[list[_Item]]:
+        """Take what is queued, up to ``commit_max_events``, through the stages; until stop."""
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -227,7 +255,7 @@ class Intake:
                     break
                 rows += self._add(group, delivery)
             if group:
-                self._commit(group)
+                yield group
 
     def _add(self, group: list[_Item], delivery: _Delivery) -> int:
         """Run the stages on a delivery and add it to the group; return its row count."""

@@ -40,6 +40,9 @@ class EventStore(Protocol):
     """
 
     backend: str
+    # True when a commit mostly waits for another process (a database server): the
+    # intake then runs the stages in a thread of their own, beside the commit.
+    commit_waits_on_server: bool
 
     def migrate(self) -> int:
         """Bring the schema to the latest version; return how many migrations ran."""

@@ -96,6 +96,7 @@ class PostgresEventStore:
     """
 
     backend = "postgres"
+    commit_waits_on_server = True
 
     def __init__(self, url: str, *, connect_timeout_secs: int = 5) -> None:
         self._url = url

@@ -123,6 +123,7 @@ class SqliteEventStore:
     """Event store in one SQLite file; use one instance per thread."""
 
     backend = "sqlite"
+    commit_waits_on_server = False
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         self.path = path

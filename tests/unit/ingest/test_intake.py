@@ -6,6 +6,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from hopper.config import load_settings
 from hopper.errors import BackendUnavailable
 from hopper.events import Event
@@ -33,6 +35,13 @@ class FlakyStore(SqliteEventStore):
             raise BackendUnavailable("disk went away")
         self.commits.append(len(writes))
         return super().commit(writes)
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["stages-in-writer", "stages-thread"])
+def stages_thread(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run every test with both placements of the stages (see ``Intake``)."""
+    monkeypatch.setattr(FlakyStore, "commit_waits_on_server", request.param)
+    return bool(request.param)
 
 
 def _intake(store: SqliteEventStore, **kwargs: int) -> tuple[Intake, HopperMetrics]:
@@ -185,3 +194,18 @@ def test_a_bug_in_the_stages_fails_its_payload_alone(tmp_path: Path) -> None:
     assert intake.depth == 0
     errors = metrics.errors.labels(component="test", error_type="stages")._value.get()
     assert errors == 1
+
+
+def test_the_stages_run_where_the_store_wants_them(tmp_path: Path, stages_thread: bool) -> None:
+    store = FlakyStore(tmp_path / "e.db", failures=0)
+    store.migrate()
+    intake, _ = _intake(store)
+    intake.start()
+    try:
+        names = {t.name for t in threading.enumerate()}
+        assert ("hopper-stages" in names) is stages_thread
+        assert _submit_all(intake, [make_batch(3)])[0].accepted == 3
+    finally:
+        intake.stop()
+    assert not intake.is_alive
+    assert intake._stager is None or not intake._stager.is_alive()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -14,21 +13,19 @@ from hopper.store.sqlite import SqliteEventStore
 from hopper.testing import NOW_MS, make_batch
 
 
-def _checkpointers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "hopper-sqlite-checkpoint"]
-
-
 def test_committed_pages_reach_the_database_file_without_a_commit_checkpointing(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "events.db"
     store = SqliteEventStore(path)
     store.migrate()
-    assert _checkpointers() == []  # opening (or migrating) starts no thread
+    assert store._checkpointer is None  # opening (or migrating) starts no thread
     size_before = path.stat().st_size
     events, _ = decode_batch(make_batch(2_000))
     store.commit([PendingWrite("test", NOW_MS, events)])
-    assert len(_checkpointers()) == 1
+    assert store._checkpointer is not None
+    thread = store._checkpointer._thread
+    assert thread.is_alive() and thread.name == "hopper-sqlite-checkpoint"
     # The writer's own automatic checkpoint is pushed back to the WAL's bound...
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -40,6 +37,6 @@ def test_committed_pages_reach_the_database_file_without_a_commit_checkpointing(
         time.sleep(0.05)
     assert path.stat().st_size > size_before
     store.close()
-    assert _checkpointers() == []
+    assert not thread.is_alive()
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM reader_events").fetchone() == (2_000,)
