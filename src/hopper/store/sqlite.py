@@ -14,7 +14,13 @@ from hopper.config import StoreSettings
 from hopper.errors import BackendUnavailable
 from hopper.events.model import Event
 from hopper.store.base import TABLES, PendingWrite, StoredError
-from hopper.store.rows import ERROR_COLUMNS, READER_EVENT_COLUMNS, rows_after_raw_insert
+from hopper.store.rows import (
+    ERROR_COLUMNS,
+    READER_EVENT_COLUMNS,
+    error_row,
+    reader_event_row,
+    rows_after_raw_insert,
+)
 from hopper.store.schema import MIGRATIONS, VERSION_TABLE
 
 logger = logging.getLogger(__name__)
@@ -199,38 +205,38 @@ class SqliteEventStore:
         return stored
 
     def _write(self, conn: sqlite3.Connection, writes: Sequence[PendingWrite]) -> list[list[Event]]:
-        # Insert the raw rows first: the primary key decides which events are new.
-        params: list[Any] = []
-        keys: set[tuple[int, bytes]] = set()
+        # One pass builds the rows of both tables as if every event were new (the usual
+        # case); the raw insert then tells whether that was so.
+        raw: list[Any] = []
+        reader: list[Any] = []
         for w in writes:
             received = w.received_ms
             for e in w.events:
-                params += (e.app_time_ms, e.hash, received, e.raw)
-                keys.add((e.app_time_ms, e.hash))
-        expected = len(params) // len(_RAW_COLUMNS)
-        inserted = keys
-        if expected:
-            # Fast path: without RETURNING each statement is one step. When the count of
-            # inserted rows falls short, some were duplicates: redo the insert asking
-            # which keys were new (one step per row, but duplicates are rare).
+                raw += (e.app_time_ms, e.hash, received, e.raw)
+                reader += reader_event_row(e, received)
+        stored = [list(w.events) for w in writes]
+        errors = [error_row(w, r) for w in writes for r in w.rejections]
+        count = len(raw) // len(_RAW_COLUMNS)
+        if count:
+            # The primary key of raw_events decides which events are new. Without
+            # RETURNING each statement is one step; when fewer rows went in than were
+            # sent, some were duplicates (rare): redo the insert asking which keys were
+            # new (RETURNING steps once per row).
             conn.execute("SAVEPOINT raw_insert")
             before = conn.total_changes
-            _insert_chunked(conn, "raw_events", _RAW_COLUMNS, params, _IGNORE_DUPLICATES)
-            if conn.total_changes - before != expected:
+            _insert_chunked(conn, "raw_events", _RAW_COLUMNS, raw, _IGNORE_DUPLICATES)
+            if conn.total_changes - before != count:
                 conn.execute("ROLLBACK TO raw_insert")
-                inserted = set(
-                    _insert_chunked(conn, "raw_events", _RAW_COLUMNS, params, _RETURN_NEW)
-                )
+                inserted = set(_insert_chunked(conn, "raw_events", _RAW_COLUMNS, raw, _RETURN_NEW))
+                rows = rows_after_raw_insert(writes, inserted)
+                stored, errors = rows.stored, rows.errors
+                reader = [value for row in rows.reader for value in row]
             conn.execute("RELEASE raw_insert")
-        rows = rows_after_raw_insert(writes, inserted)
-        if rows.reader:
-            flat: list[Any] = []
-            for row in rows.reader:
-                flat += row
-            _insert_chunked(conn, "reader_events", READER_EVENT_COLUMNS, flat)
-        if rows.errors:
-            conn.executemany(_INSERT_ERROR, rows.errors)
-        return rows.stored
+            if reader:
+                _insert_chunked(conn, "reader_events", READER_EVENT_COLUMNS, reader)
+        if errors:
+            conn.executemany(_INSERT_ERROR, errors)
+        return stored
 
     def purge_errors(self, older_than_ms: int) -> int:
         """Delete errors received before the cut-off."""
