@@ -222,7 +222,7 @@ class Intake:
 
     def _run(self) -> None:
         if self._stager is None:
-            for group in self._prepared_groups():
+            for group in self._prepared_groups(yield_gil=False):
                 self._commit(group)
             return
         while True:
@@ -232,12 +232,18 @@ class Intake:
             self._commit(prepared)
 
     def _stage(self) -> None:
-        for group in self._prepared_groups():
+        for group in self._prepared_groups(yield_gil=True):
             self._groups.put(group)  # waits while the writer still has one
         self._groups.put(_STOP)
 
-    def _prepared_groups(self) -> Iterator[list[_Item]]:
-        """Take what is queued, up to ``commit_max_events``, through the stages; until stop."""
+    def _prepared_groups(self, *, yield_gil: bool) -> Iterator[list[_Item]]:
+        """Take what is queued, up to ``commit_max_events``, through the stages; until stop.
+
+        With ``yield_gil`` (in the stages thread) the GIL is offered to the writer after
+        each payload: a writer back from the server otherwise waits up to the 5 ms switch
+        interval at each of a commit's round trips (measured: a PostgreSQL commit beside a
+        busy stages thread ran at 17k events/s, 52k with the yield, 68-78k alone).
+        """
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -246,6 +252,8 @@ class Intake:
             group: list[_Item] = []
             rows = self._add(group, first)
             while rows < self._commit_max_events:
+                if yield_gil:
+                    time.sleep(0)
                 try:
                     delivery = self._queue.get_nowait()
                 except queue.Empty:
