@@ -25,7 +25,7 @@ from typing import Any
 
 from hopper.clock import Clock
 from hopper.errors import HopperError
-from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Rejection, RejectReason
+from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Event, Rejection, RejectReason
 from hopper.observe.metrics import HopperMetrics
 from hopper.pipeline.topology import EdgePipeline
 from hopper.pubsub.publisher import Publisher
@@ -328,6 +328,7 @@ class Intake:
         self._metrics.commit_seconds.observe(elapsed)
         self._metrics.commit_events.observe(sum(len(w.events) for w in writes))
         self.last_commit_ms = self._clock.now_ms()
+        published: list[tuple[list[Event], int]] = []
         for item, new in zip(group, stored, strict=True):
             write, outcome = item.write, item.outcome
             outcome.accepted = len(new)
@@ -339,8 +340,9 @@ class Intake:
             self._store_metrics.rejected(RejectReason.DUPLICATE.value, store_duplicates)
             self._metrics.component(write.source).sent.inc(len(new))
             self._complete(item)
-            # Ack first, then publish: channels are best effort, the store is the record.
-            self._publisher.offer(new, write.received_ms)
+            published.append((new, write.received_ms))
+        # Ack first, then publish: channels are best effort, the store is the record.
+        self._publisher.offer_all(published)
 
     def _complete(self, item: _Item) -> None:
         self.release()

@@ -68,15 +68,22 @@ class Publisher:
 
     def offer(self, events: list[Event], received_ms: int) -> None:
         """Queue committed events for publishing; drop (and count) if the buffer is full."""
-        if not self._routes or not events:
-            return
+        self.offer_all([(events, received_ms)])
+
+    def offer_all(self, batches: Sequence[tuple[list[Event], int]]) -> None:
+        """Queue the committed events of a whole group commit, waking the thread once."""
+        if not any(self.channels.has_listeners(route.channel) for route in self._routes):
+            return  # nobody listens on an in-process channel: not even worth a wake-up
         with self._cond:
-            if self._buffered + len(events) > self._max:
-                for route in self._routes:
-                    self._metrics.component(route.sink).dropped("buffer_full", len(events))
-                return
-            self._buffer.append((events, received_ms))
-            self._buffered += len(events)
+            for events, received_ms in batches:
+                if not events:
+                    continue
+                if self._buffered + len(events) > self._max:
+                    for route in self._routes:
+                        self._metrics.component(route.sink).dropped("buffer_full", len(events))
+                    continue
+                self._buffer.append((events, received_ms))
+                self._buffered += len(events)
             self._cond.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
