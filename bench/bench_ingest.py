@@ -182,6 +182,42 @@ class CpuMeter:
         return out
 
 
+class FsyncProbe:
+    """How long the disk takes to make 8 KiB durable, sampled through a phase.
+
+    A PostgreSQL commit waits for an fsync of its WAL (and SQLite's checkpoints for one of
+    the database file), so the disk's fsync tail during a phase bounds the ack latency
+    tail. Ten probes a second, each a rewrite of one 8 KiB block and ``fdatasync``.
+    """
+
+    def __init__(self, directory: Path, interval: float = 0.1) -> None:
+        self._path = directory / f"fsync-probe-{os.getpid()}.tmp"
+        self._interval = interval
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        block = os.urandom(8192)
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while not self._stop.wait(self._interval):
+                os.pwrite(fd, block, 0)
+                started = time.perf_counter()
+                os.fdatasync(fd)
+                self._samples.append((time.perf_counter() - started) * 1000)
+        finally:
+            os.close(fd)
+            self._path.unlink(missing_ok=True)
+
+    def stop(self) -> dict[str, float] | None:
+        """Return fdatasync p50/p99/max in ms over the phase."""
+        self._stop.set()
+        self._thread.join()
+        return _percentiles(sorted(self._samples))
+
+
 # -- ceilings --------------------------------------------------------------------------
 
 
@@ -395,11 +431,15 @@ class Server:
 class Profiler:
     """py-spy recording the server during a phase (``--profile``), as collapsed stacks."""
 
-    def __init__(self, py_spy: str, pid: int, out: Path, secs: float) -> None:
+    def __init__(self, py_spy: str, pid: int, out: Path, secs: float, *, gil: bool) -> None:
         self.out = out
+        # --gil keeps only samples of the thread holding the GIL: where the one core the
+        # server's Python can use goes (waits outside the GIL drop out).
+        extra = ["--gil"] if gil else []
         self.proc = subprocess.Popen(
             [py_spy, "record", "--pid", str(pid), "--duration", str(math.ceil(secs)),
-             "--rate", "100", "--format", "raw", "--threads", "--nonblocking", "-o", str(out)],
+             "--rate", "100", "--format", "raw", "--threads", "--nonblocking", *extra,
+             "-o", str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -544,6 +584,7 @@ class Phase:
     target_rate: float | None = None
     cpu: dict[str, float] = field(default_factory=dict)
     writer: dict[str, float] = field(default_factory=dict)
+    fsync_ms: dict[str, float] | None = None
     profile: dict[str, Any] | None = None
 
     def summary(self, warmup: float) -> dict[str, Any]:
@@ -577,6 +618,7 @@ class Phase:
             "anomalies": dict(self.anomalies),
             "cpu_pct": self.cpu,
             "writer": self.writer,
+            "fsync_ms": self.fsync_ms,
             "profile": self.profile,
         }
 
@@ -785,6 +827,7 @@ class Options:
     max_rate: int
     latency_rate: float | None
     profile: bool
+    profile_gil: bool
     py_spy: str
     keep: bool
     quick: bool
@@ -976,11 +1019,14 @@ class StoreBench:
         profiler = None
         if opts.profile and rate is None:
             profile_path = opts.run_dir / f"profile-{label}.txt"
-            profiler = Profiler(opts.py_spy, server.proc.pid, profile_path, duration)
+            profiler = Profiler(
+                opts.py_spy, server.proc.pid, profile_path, duration, gil=opts.profile_gil
+            )
         # Each phase starts with the page cache's dirty pages written out, so that it does
         # not pay for the write-back of the phase (or the store copy) before it.
         os.sync()
         meter = CpuMeter(server.proc.pid)
+        fsync = FsyncProbe(opts.run_dir)
         writer_before = server.writer_totals()
         started = time.perf_counter()
         if transport == "websocket":
@@ -1002,6 +1048,7 @@ class StoreBench:
                 rate=rate,
             )  # fmt: skip
         phase.cpu = meter.stop()
+        phase.fsync_ms = fsync.stop()
         phase.writer = _writer_summary(
             writer_before, server.writer_totals(), time.perf_counter() - started
         )
@@ -1012,7 +1059,7 @@ class StoreBench:
         log(
             f"{label}: {summary['events_per_s']:,} events/s, ack latency p50 "
             f"{lat.get('p50')} ms, p99 {lat.get('p99')} ms; CPU % {phase.cpu}; "
-            f"writer {summary['writer']}"
+            f"writer {summary['writer']}; disk fdatasync ms {summary['fsync_ms']}"
         )
         if summary["anomalies"] or summary["ran_out_of_batches"]:
             log(f"{label}: anomalies {summary['anomalies']}, ran out: {phase.exhausted}")
@@ -1138,8 +1185,10 @@ def results_table(results: dict[str, Any]) -> str:
                 f"{_fmt_int(ceilings['store_commit']['events_per_s']):>18}"
             )
     lines.append("")
-    lines.append("store     transport   phase        ev/s  min-max 1 s     p50 ms   p99 ms   CPU % "
-                 "(server / postgres / mosquitto / bench / machine busy)")  # fmt: skip
+    lines.append(
+        "store     transport   phase        ev/s  min-max 1 s     p50 ms   p99 ms  fsync p99  "
+        "CPU % (server / postgres / mosquitto / bench / machine busy)"
+    )
     for store, data in results["stores"].items():
         for transport, run in data.get("runs", {}).items():
             for name in PHASES:
@@ -1148,10 +1197,11 @@ def results_table(results: dict[str, Any]) -> str:
                     continue
                 pct = phase["latency_ms"] or {}
                 cpu = phase["cpu_pct"]
+                disk = (phase.get("fsync_ms") or {}).get("p99", "-")
                 lines.append(
                     f"{store:<9} {transport:<10}  {name:<11}{_fmt_int(phase['events_per_s']):>8} "
                     f"{_steady_range(phase):>12} {pct.get('p50', '-'):>10} "
-                    f"{pct.get('p99', '-'):>8}   "
+                    f"{pct.get('p99', '-'):>8} {disk:>10}  "
                     f"{cpu.get('server')} / {cpu.get('postgres')} / {cpu.get('mosquitto')} / "
                     f"{cpu.get('bench')} / {cpu.get('machine_busy_pct')}"
                 )
@@ -1225,6 +1275,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--mqtt-port", type=int, default=1883, help="the Mosquitto broker on 127.0.0.1 to use"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the server (throughput)")
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="with --profile: only GIL-holding samples"
+    )
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable")
     parser.add_argument("--keep", action="store_true", help="keep the SQLite copies")
     parser.add_argument("--quick", action="store_true", help="tiny seed, short phases: a smoke run")
@@ -1257,6 +1310,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         max_rate=args.max_rate,
         latency_rate=args.latency_rate,
         profile=args.profile,
+        profile_gil=args.profile_gil,
         py_spy=args.py_spy,
         keep=args.keep,
         quick=quick,
