@@ -268,9 +268,7 @@ class Intake:
     def _add(self, group: list[_Item], delivery: _Delivery) -> int:
         """Run the stages on a delivery and add it to the group; return its row count."""
         try:
-            item = self._prepare(
-                delivery.payload, delivery.source, delivery.on_done, delivery.rejection
-            )
+            item = self._prepare(delivery)
         except Exception:
             # Stages return bad data as rejections; an exception here is a bug. It must
             # not kill the writer: this payload fails alone and is not acknowledged.
@@ -282,9 +280,8 @@ class Intake:
         group.append(item)
         return item.size
 
-    def _prepare(
-        self, payload: bytes, source: str, on_done: OnDone, rejection: Rejection | None
-    ) -> _Item:
+    def _prepare(self, delivery: _Delivery) -> _Item:
+        payload, source, rejection = delivery.payload, delivery.source, delivery.rejection
         counters = self._metrics.component(source)
         if rejection is None and len(payload) > self._max_payload_bytes:
             rejection = Rejection(
@@ -309,7 +306,7 @@ class Intake:
                 outcome.rejected.append(r)
         to_record = [r for r in rejected if r.reason in RECORDED_REASONS]
         write = PendingWrite(source, self._clock.now_ms(), events, to_record)
-        return _Item(on_done, write, outcome)
+        return _Item(delivery.on_done, write, outcome)
 
     def _commit(self, group: list[_Item]) -> None:
         writes = [item.write for item in group]

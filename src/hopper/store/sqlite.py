@@ -16,6 +16,7 @@ from hopper.events.model import Event
 from hopper.store.base import TABLES, PendingWrite, StoredError
 from hopper.store.rows import (
     ERROR_COLUMNS,
+    RAW_EVENT_COLUMNS,
     READER_EVENT_COLUMNS,
     error_row,
     reader_event_row,
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 # are prepared for a few fixed sizes only (preparing one costs about as much as running
 # it), and a commit's rows are cut into those sizes, largest first.
 _CHUNK_SIZES = (1024, 256, 64, 16, 4, 1)
-_RAW_COLUMNS = ("app_time_ms", "hash", "received_ms", "raw")
 
 
 def chunk_sizes(rows: int, max_size: int = _CHUNK_SIZES[0]) -> list[int]:
@@ -78,9 +78,8 @@ def _insert_chunked(
     start = 0
     for size in chunk_sizes(len(params) // width, max_size):
         end = start + size * width
-        cursor = conn.execute(_insert_sql(table, columns, size, suffix), params[start:end])
-        if suffix:
-            returned += cursor.fetchall()
+        # Rows only for a RETURNING suffix; a plain INSERT has none to fetch.
+        returned += conn.execute(_insert_sql(table, columns, size, suffix), params[start:end])
         start = end
     return returned
 
@@ -216,7 +215,7 @@ class SqliteEventStore:
                 reader += reader_event_row(e, received)
         stored = [list(w.events) for w in writes]
         errors = [error_row(w, r) for w in writes for r in w.rejections]
-        count = len(raw) // len(_RAW_COLUMNS)
+        count = len(raw) // len(RAW_EVENT_COLUMNS)
         if count:
             # The primary key of raw_events decides which events are new. Without
             # RETURNING each statement is one step; when fewer rows went in than were
@@ -224,10 +223,12 @@ class SqliteEventStore:
             # new (RETURNING steps once per row).
             conn.execute("SAVEPOINT raw_insert")
             before = conn.total_changes
-            _insert_chunked(conn, "raw_events", _RAW_COLUMNS, raw, _IGNORE_DUPLICATES)
+            _insert_chunked(conn, "raw_events", RAW_EVENT_COLUMNS, raw, _IGNORE_DUPLICATES)
             if conn.total_changes - before != count:
                 conn.execute("ROLLBACK TO raw_insert")
-                inserted = set(_insert_chunked(conn, "raw_events", _RAW_COLUMNS, raw, _RETURN_NEW))
+                inserted = set(
+                    _insert_chunked(conn, "raw_events", RAW_EVENT_COLUMNS, raw, _RETURN_NEW)
+                )
                 rows = rows_after_raw_insert(writes, inserted)
                 stored, errors = rows.stored, rows.errors
                 reader = [value for row in rows.reader for value in row]
