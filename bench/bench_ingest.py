@@ -972,6 +972,8 @@ class StoreBench:
             last_ms = throughput_batches.last_ms[-1]
             sent = throughput["batches_sent"]
             for name, rate in paced:
+                if rate < BATCH_EVENTS:
+                    raise RuntimeError(f"{name} at {rate} events/s: too low for a paced phase")
                 latency_count = math.ceil(rate * opts.latency_duration / BATCH_EVENTS) + 1
                 latency_batches = self.stamper.batches(latency_count)
                 result[name] = self._phase(
