@@ -20,6 +20,7 @@ from pydantic_settings import (
 from hopper.errors import ConfigError
 
 DAY_SECS = 86_400
+MIB = 1024 * 1024
 
 
 class ServerSettings(BaseModel):
@@ -45,13 +46,33 @@ class IngestSettings(BaseModel):
 
     max_event_age_secs: int = Field(30 * DAY_SECS, gt=0)
     max_clock_skew_secs: int = Field(300, ge=0)
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # A payload (HTTP body, WebSocket frame, MQTT message) longer than this is refused.
+    max_body_bytes: int = Field(4 * MIB, gt=0)
+    # More events than this in one batch: refused whole before any is parsed. A tablet
+    # back online after days sends what it kept in batches of at most this many.
+    max_batch_events: int = Field(5000, gt=0)
+    # The intake queue's bounds: payloads admitted and not yet committed, and their bytes.
     queue_max_batches: int = Field(1024, gt=0)
+    queue_max_bytes: int = Field(64 * MIB, gt=0)
+    # While others wait, one client (address, token or MQTT topic) holds at most this
+    # share of either bound.
+    client_queue_share: float = Field(0.25, gt=0, le=1)
     commit_max_events: int = Field(5000, gt=0)
     retry_after_secs: int = Field(1, ge=1)
+    # How long an HTTP request waits in line for the queue before it is answered 503.
+    http_admission_wait_secs: float = Field(2.0, ge=0)
     # An HTTP request not acknowledged by then gets 503: its events may still be stored,
     # and the client's resend is then absorbed by dedup.
     http_ack_timeout_secs: float = Field(30.0, gt=0)
+    # Frames one WebSocket connection may have read but not yet admitted; beyond this,
+    # frames are answered at once with a retryable "busy" ack instead of being buffered.
+    websocket_pending_max_bytes: int = Field(4 * MIB, gt=0)
+    websocket_pending_max_frames: int = Field(256, gt=0)
+    # Rejected bytes kept in reader_events_errors per rejection (with the full size and
+    # hash): a recorded rejection can never be larger than this.
+    error_raw_max_bytes: int = Field(4096, ge=0)
+    # Per-event results in one answer; counts by reason are always complete.
+    ack_max_results: int = Field(100, ge=0)
 
 
 class MqttSettings(BaseModel):

@@ -36,7 +36,7 @@ from support.processes import HopperProcess, free_port, write_config
 from websockets.exceptions import WebSocketException
 
 from hopper.client import MqttSender, WebSocketSender, encode_batch
-from hopper.events.protobuf import content_hash
+from hopper.events import content_hash
 from hopper.testing import page_view
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -74,11 +74,20 @@ def create_app(
             node.intake,
             max_body_bytes=settings.ingest.max_body_bytes,
             retry_after_secs=settings.ingest.retry_after_secs,
+            admission_wait_secs=settings.ingest.http_admission_wait_secs,
             ack_timeout_secs=settings.ingest.http_ack_timeout_secs,
+            error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
         )
         routes.append(Route("/v1/events", receiver.handle, methods=["POST"]))
     if "websocket" in sources:
-        routes.append(WebSocketRoute("/v1/events/ws", WebSocketEventReceiver(node.intake).handle))
+        ws_receiver = WebSocketEventReceiver(
+            node.intake,
+            pending_max_bytes=settings.ingest.websocket_pending_max_bytes,
+            pending_max_frames=settings.ingest.websocket_pending_max_frames,
+            retry_after_secs=settings.ingest.retry_after_secs,
+            error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
+        )
+        routes.append(WebSocketRoute("/v1/events/ws", ws_receiver.handle))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.node = node
     return app

@@ -46,8 +46,12 @@ class EdgeNode:
             self.metrics,
             self.clock,
             max_batches=settings.ingest.queue_max_batches,
+            max_bytes=settings.ingest.queue_max_bytes,
+            client_share=settings.ingest.client_queue_share,
             commit_max_events=settings.ingest.commit_max_events,
             max_payload_bytes=settings.ingest.max_body_bytes,
+            error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
+            ack_max_results=settings.ingest.ack_max_results,
         )
         self.mqtt: MqttEventSource | None = None
         if "mqtt" in topology.sources:

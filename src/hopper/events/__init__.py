@@ -1,7 +1,14 @@
 """The canonical device event and its wire formats; imports no other Hopper part."""
 
-from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Event, Rejection, RejectReason
-from hopper.events.protobuf import EVENT_TYPES, content_hash, decode_batch, encode_batch
+from hopper.events.model import (
+    RECORDED_REASONS,
+    WHOLE_PAYLOAD,
+    Event,
+    Rejection,
+    RejectReason,
+    content_hash,
+)
+from hopper.events.protobuf import EVENT_TYPES, decode_batch, encode_batch
 
 __all__ = [
     "EVENT_TYPES",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -16,7 +17,13 @@ class RejectReason(StrEnum):
     IN_FUTURE = "in_future"
     DUPLICATE = "duplicate"
     TOO_LARGE = "too_large"
+    TOO_MANY_EVENTS = "too_many_events"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+
+
+def content_hash(raw: bytes) -> bytes:
+    """Return the 16-byte content hash of raw bytes (SHA-256 prefix): the dedup identity."""
+    return hashlib.sha256(raw).digest()[:16]
 
 
 # Rejections that are recorded in reader_events_errors. Duplicates are not: the first
@@ -53,12 +60,31 @@ class Event:
 
 @dataclass(slots=True, frozen=True)
 class Rejection:
-    """An event or payload that was refused, with its reason code and raw bytes."""
+    """An event or payload that was refused, with its reason code and raw bytes.
+
+    ``raw`` may be only a prefix of the refused bytes: then ``size`` is their full length
+    and ``raw_hash`` their content hash (None when the bytes were never all read).
+    """
 
     index: int
     reason: RejectReason
     detail: str
     raw: bytes
+    size: int | None = None
+    raw_hash: bytes | None = None
+
+    @property
+    def full_size(self) -> int:
+        """Return the length of the refused bytes, of which ``raw`` may be a prefix."""
+        return len(self.raw) if self.size is None else self.size
+
+    def bounded(self, max_bytes: int) -> Rejection:
+        """Return this rejection keeping at most ``max_bytes`` of raw bytes, with size and hash."""
+        if self.size is not None:
+            return self if len(self.raw) <= max_bytes else replace(self, raw=self.raw[:max_bytes])
+        return replace(
+            self, raw=self.raw[:max_bytes], size=len(self.raw), raw_hash=content_hash(self.raw)
+        )
 
     def as_result(self) -> dict[str, Any]:
         """Describe this rejection for a client (never includes the raw bytes)."""

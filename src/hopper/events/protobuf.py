@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from hopper.events._pb import events_pb2 as pb
 from hopper.events.model import WHOLE_PAYLOAD, Event, Rejection, RejectReason
@@ -36,11 +37,6 @@ _FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
 
 _sha256 = hashlib.sha256
 _dumps = orjson.dumps
-
-
-def content_hash(raw: bytes) -> bytes:
-    """Return the 16-byte content hash of an event's raw bytes (SHA-256 prefix)."""
-    return _sha256(raw).digest()[:16]
 
 
 def split_batch(payload: bytes) -> list[bytes]:
@@ -79,14 +75,46 @@ def _event(index: int, raw: bytes, msg: pb.Event) -> Event:
     )
 
 
-def decode_batch(payload: bytes) -> tuple[list[Event], list[Rejection]]:
-    """Decode a batch into events and rejections; never raises for bad bytes."""
+def decode_batch(
+    payload: bytes, *, max_events: int | None = None
+) -> tuple[list[Event], list[Rejection]]:
+    """Decode a batch into events and rejections; never raises for bad bytes.
+
+    A batch of more than ``max_events`` events is refused whole before any event is
+    parsed (``too_many_events``), so that a small body of many tiny events cannot make
+    the server build millions of objects.
+    """
     try:
-        raws = split_batch(payload)
+        batch = pb.RawEventBatch.FromString(payload)
     except DecodeError as exc:
         return [], [
             Rejection(WHOLE_PAYLOAD, RejectReason.UNDECODABLE, f"not an EventBatch: {exc}", payload)
         ]
+    count = len(batch.events)  # counted in C: no Python object per event yet
+    if max_events is not None and count > max_events:
+        return [], [
+            Rejection(
+                WHOLE_PAYLOAD,
+                RejectReason.TOO_MANY_EVENTS,
+                f"batch of {count} events is more than max_batch_events={max_events}; "
+                "send it in smaller batches",
+                payload,
+            )
+        ]
+    rejections: list[Rejection] = []
+    if len(UnknownFieldSet(batch)):
+        # Bytes that are not events (field 1 with another wire type, other field numbers):
+        # parsed as unknown fields, they would otherwise vanish without a trace.
+        rejections.append(
+            Rejection(
+                WHOLE_PAYLOAD,
+                RejectReason.UNDECODABLE,
+                "the batch holds fields that are not events (EventBatch has only "
+                "`repeated Event events = 1`); those bytes were not stored as events",
+                payload,
+            )
+        )
+    raws = list(batch.events)
     try:
         # Parsing the batch whole is ~4x cheaper per event than one parse per event; the
         # messages are the same as parsing each raw entry alone.
@@ -96,9 +124,8 @@ def decode_batch(payload: bytes) -> tuple[list[Event], list[Rejection]]:
     if len(messages) == len(raws):
         return [
             _event(i, raw, msg) for i, (raw, msg) in enumerate(zip(raws, messages, strict=True))
-        ], []
+        ], rejections
     events: list[Event] = []
-    rejections: list[Rejection] = []
     for index, raw in enumerate(raws):
         try:
             events.append(parse_event(index, raw))

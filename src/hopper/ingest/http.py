@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hopper.events.model import WHOLE_PAYLOAD, Rejection, RejectReason
-from hopper.ingest.intake import KEPT_PREFIX_BYTES, Intake
+from hopper.ingest.intake import Intake
 
 PROTOBUF_TYPES = frozenset(
     {
@@ -18,6 +19,15 @@ PROTOBUF_TYPES = frozenset(
         "application/octet-stream",
     }
 )
+
+
+# A too-large body is read on up to this many times the limit (for its size and hash).
+_DRAIN_FACTOR = 4
+
+
+def client_key(request: Request) -> str:
+    """Name the client a request comes from, for its fair share of the queue."""
+    return request.client.host if request.client is not None else ""
 
 
 class HttpEventReceiver:
@@ -31,79 +41,103 @@ class HttpEventReceiver:
         *,
         max_body_bytes: int,
         retry_after_secs: int,
+        admission_wait_secs: float = 2.0,
         ack_timeout_secs: float = 30.0,
+        error_raw_max_bytes: int = 4096,
     ) -> None:
         self._intake = intake
         self._max_body = max_body_bytes
         self._retry_after = retry_after_secs
+        self._admission_wait = admission_wait_secs
         self._ack_timeout = ack_timeout_secs
+        self._kept = error_raw_max_bytes
+
+    def _busy(self, message: str) -> Response:
+        return JSONResponse(
+            {"error": message}, status_code=503, headers={"Retry-After": str(self._retry_after)}
+        )
 
     async def handle(self, request: Request) -> Response:
         """Handle one POST."""
-        body, too_large = await self._read_body(request)
+        body, rejection = await self._read_body(request)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        rejection = None
         status = 200
-        if too_large:
+        if rejection is not None:
             status = 413
-            rejection = Rejection(
-                WHOLE_PAYLOAD,
-                RejectReason.TOO_LARGE,
-                f"body larger than max_body_bytes={self._max_body}; first {len(body)} bytes kept",
-                body,
-            )
         elif media_type not in PROTOBUF_TYPES:
             status = 415
             rejection = Rejection(
                 WHOLE_PAYLOAD,
                 RejectReason.UNSUPPORTED_MEDIA_TYPE,
-                f"content-type {media_type or '(none)'!r} is not application/x-protobuf",
-                body[:KEPT_PREFIX_BYTES],
-            )
-        if not self._intake.try_acquire():
-            return JSONResponse(
-                {"error": "busy: intake queue full, retry later"},
-                status_code=503,
-                headers={"Retry-After": str(self._retry_after)},
-            )
+                f"content-type {media_type[:100] or '(none)'!r} is not application/x-protobuf",
+                body,
+            ).bounded(self._kept)
+            body = rejection.raw
+        ticket = await self._intake.admit(client_key(request), len(body), self._admission_wait)
+        if ticket is None:
+            return self._busy("busy: intake queue full, retry later")
         try:
             outcome = await asyncio.wait_for(
-                self._intake.enqueue_and_wait(body, self.source, rejection=rejection),
+                self._intake.enqueue_and_wait(
+                    body, self.source, ticket=ticket, rejection=rejection
+                ),
                 self._ack_timeout,
             )
         except TimeoutError:
-            return JSONResponse(
-                {
-                    "error": f"not committed within {self._ack_timeout:g} s (store slow or "
-                    "unavailable); resend later, duplicates are absorbed"
-                },
-                status_code=503,
-                headers={"Retry-After": str(self._retry_after)},
+            return self._busy(
+                f"not committed within {self._ack_timeout:g} s (store slow or "
+                "unavailable); resend later, duplicates are absorbed"
             )
         if outcome.error is not None:
             return JSONResponse(
                 outcome.as_dict(), status_code=503, headers={"Retry-After": str(self._retry_after)}
             )
-        if rejection is None and any(r.index == WHOLE_PAYLOAD for r in outcome.rejected):
+        if (
+            rejection is None
+            and outcome.is_payload_rejected
+            and not outcome.accepted + outcome.duplicates
+        ):
             status = 400  # the body as a whole is not an EventBatch
         return JSONResponse(outcome.as_dict(), status_code=status)
 
-    async def _read_body(self, request: Request) -> tuple[bytes, bool]:
-        """Read the body up to the limit; past it, keep only a prefix to record."""
+    async def _read_body(self, request: Request) -> tuple[bytes, Rejection | None]:
+        """Read the body up to the limit; past it, keep a prefix, the size and the hash."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            return await _prefix(request), True
+        limit = self._max_body
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(request, bytearray(), int(declared))
         chunks = bytearray()
         async for chunk in request.stream():
             chunks += chunk
-            if len(chunks) > self._max_body:
-                return bytes(chunks[:KEPT_PREFIX_BYTES]), True
-        return bytes(chunks), False
+            if len(chunks) > limit:
+                return await self._refuse(request, chunks, None)
+        return bytes(chunks), None
 
-
-async def _prefix(request: Request) -> bytes:
-    kept = bytearray()
-    async for chunk in request.stream():
-        if len(kept) < KEPT_PREFIX_BYTES:
-            kept += chunk[: KEPT_PREFIX_BYTES - len(kept)]
-    return bytes(kept)
+    async def _refuse(
+        self, request: Request, read: bytearray, declared: int | None
+    ) -> tuple[bytes, Rejection]:
+        """Drain the rest of a too-large body, keeping only a prefix and a running hash."""
+        kept = bytes(read[: self._kept])
+        digest: hashlib._Hash | None = hashlib.sha256(read)
+        size = len(read)
+        async for chunk in request.stream():
+            if len(kept) < self._kept:
+                kept += chunk[: self._kept - len(kept)]
+            size += len(chunk)
+            if size > _DRAIN_FACTOR * self._max_body:
+                # Reading on would only cost time: the connection is closed after the
+                # answer, and the size and hash stay unknown.
+                digest = None
+                break
+            assert digest is not None
+            digest.update(chunk)
+        rejection = Rejection(
+            WHOLE_PAYLOAD,
+            RejectReason.TOO_LARGE,
+            f"body of {declared if declared is not None else size} bytes is larger than "
+            f"max_body_bytes={self._max_body}",
+            kept,
+            size=size if digest is not None else declared or size,
+            raw_hash=None if digest is None else digest.digest()[:16],
+        )
+        return kept, rejection

@@ -1,15 +1,17 @@
 """The bounded intake queue and the group-commit writer behind every source.
 
-Sources reserve a slot, enqueue a payload with a completion callback, and acknowledge
-their client only when that callback reports the commit. One writer thread takes the
-queued payloads, runs the stages on each (decode, validate, dedup), commits many
-payloads per transaction, then completes them and publishes.
+Sources are admitted first (``ingest/admission.py``: bounded by payloads and bytes, in
+arrival order, with a fair share per client), enqueue a payload with a completion
+callback, and acknowledge their client only when that callback reports the commit. One
+writer thread takes the queued payloads, runs the stages on each (decode, validate,
+dedup), commits many payloads per transaction, then completes them and publishes.
 The stages never run in the sources' threads: stages and commits are CPU work under one
 GIL, and two busy threads handing the GIL to each other ran 10-20% slower than one
 thread doing both (bench/README.md). So on SQLite the writer runs the stages itself; on
 a store whose commit mostly waits for a server (``EventStore.commit_waits_on_server``),
 a stages thread prepares the next group while the writer waits for the current commit.
-A full queue is back pressure: sources wait (WebSocket, MQTT) or answer 503 (HTTP).
+A full queue is back pressure: sources wait (WebSocket, MQTT) or, after waiting in line
+for ``ingest.http_admission_wait_secs``, answer 503 (HTTP).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from hopper.clock import Clock
 from hopper.errors import HopperError
 from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Event, Rejection, RejectReason
+from hopper.ingest.admission import Admission, Ticket
 from hopper.observe.metrics import HopperMetrics
 from hopper.pipeline.topology import EdgePipeline
 from hopper.pubsub.publisher import Publisher
@@ -36,30 +39,52 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class BatchOutcome:
-    """What became of one payload: told to the client in its acknowledgement."""
+    """What became of one payload: told to the client in its acknowledgement.
+
+    Rejections are kept as counts by reason plus at most ``max_results`` per-event
+    results, so that an answer stays small whatever the payload held.
+    """
 
     accepted: int = 0
     duplicates: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    is_payload_rejected: bool = False  # the payload as a whole was refused
     error: str | None = None
+    max_results: int = 100
+
+    def add_rejection(self, rejection: Rejection) -> None:
+        """Count a rejection (duplicates are counted apart) and keep its result if room."""
+        if rejection.reason is RejectReason.DUPLICATE:
+            self.duplicates += 1
+            return
+        self.rejected += 1
+        reason = rejection.reason.value
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if rejection.index == WHOLE_PAYLOAD:
+            self.is_payload_rejected = True
+        if len(self.results) < self.max_results:
+            self.results.append(rejection.as_result())
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON body of an acknowledgement."""
         body: dict[str, Any] = {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
-            "rejected": len(self.rejected),
-            "results": [r.as_result() for r in self.rejected],
+            "rejected": self.rejected,
+            "results": self.results,
         }
+        if self.rejected:
+            body["reasons"] = self.reasons
+        if self.rejected > len(self.results):
+            body["results_truncated"] = True
         if self.error is not None:
             body["error"] = self.error
         return body
 
 
 OnDone = Callable[[BatchOutcome], None]
-
-# How much of a refused oversized payload is kept in reader_events_errors.
-KEPT_PREFIX_BYTES = 1024
 
 
 @dataclass(slots=True)
@@ -70,6 +95,7 @@ class _Delivery:
     source: str
     on_done: OnDone
     rejection: Rejection | None
+    ticket: Ticket | None
 
 
 @dataclass(slots=True)
@@ -77,6 +103,7 @@ class _Item:
     on_done: OnDone
     write: PendingWrite
     outcome: BatchOutcome
+    ticket: Ticket | None
 
     @property
     def size(self) -> int:
@@ -98,94 +125,123 @@ class Intake:
         clock: Clock,
         *,
         max_batches: int = 1024,
+        max_bytes: int = 64 * 1024 * 1024,
+        client_share: float = 0.25,
         commit_max_events: int = 5000,
         max_payload_bytes: int = 4 * 1024 * 1024,
+        error_raw_max_bytes: int = 4096,
+        ack_max_results: int = 100,
     ) -> None:
         self._pipeline = pipeline
         self._store = store
         self._publisher = publisher
         self._metrics = metrics
         self._clock = clock
+        self.admission = Admission(max_batches, max_bytes, client_share)
         self.capacity = max_batches
         self._commit_max_events = commit_max_events
-        self._max_payload_bytes = max_payload_bytes
+        self.max_payload_bytes = max_payload_bytes
+        self._error_raw_max = error_raw_max_bytes
+        self._ack_max_results = ack_max_results
         self._queue: queue.SimpleQueue[_Delivery | object] = queue.SimpleQueue()
-        self._used = 0
-        self._slots = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="hopper-writer", daemon=True)
-        # At most one prepared group waits for the writer: the queue's slots stay the bound.
+        # At most one prepared group waits for the writer: the admission stays the bound.
         self._groups: queue.Queue[list[_Item] | object] = queue.Queue(maxsize=1)
         self._stager: threading.Thread | None = None
         if store.commit_waits_on_server:
             self._stager = threading.Thread(target=self._stage, name="hopper-stages", daemon=True)
         self._store_metrics = metrics.component("store")
         metrics.queue_capacity.set(max_batches)
+        metrics.queue_capacity_bytes.set(max_bytes)
         self.last_commit_ms: int | None = None
         self.last_error: str | None = None
         self.is_store_healthy = True
 
-    # -- slots: the bound of the queue -------------------------------------------------
+    # -- admission: the bound of the queue ---------------------------------------------
 
     @property
     def depth(self) -> int:
-        """Return how many payloads are reserved or waiting for the writer."""
-        return self._used
+        """Return how many payloads are admitted and not yet committed."""
+        return self.admission.payloads
 
-    def try_acquire(self) -> bool:
-        """Reserve a slot if one is free, without waiting."""
-        with self._slots:
-            if self._used >= self.capacity:
-                return False
-            self._used += 1
-            self._metrics.queue_depth.set(self._used)
-            return True
+    def screen(self, payload: bytes) -> tuple[bytes, Rejection | None]:
+        """Cut a payload over ``max_payload_bytes`` to the prefix kept of it, refused.
 
-    def acquire_blocking(self, timeout: float) -> bool:
-        """Reserve a slot, waiting up to ``timeout`` seconds (for threaded sources)."""
-        with self._slots:
-            if not self._slots.wait_for(lambda: self._used < self.capacity, timeout):
-                return False
-            self._used += 1
-            self._metrics.queue_depth.set(self._used)
-            return True
+        Sources call this before admission, so the queue never holds an oversized payload.
+        """
+        if len(payload) <= self.max_payload_bytes:
+            return payload, None
+        rejection = Rejection(
+            WHOLE_PAYLOAD,
+            RejectReason.TOO_LARGE,
+            f"payload of {len(payload)} bytes is larger than max_body_bytes="
+            f"{self.max_payload_bytes}",
+            payload,
+        ).bounded(self._error_raw_max)
+        return rejection.raw, rejection
 
-    async def acquire(self) -> None:
-        """Reserve a slot, waiting in the event loop while the queue is full."""
-        delay = 0.001
-        while not self.try_acquire():
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    def try_admit(self, client: str = "", size: int = 0) -> Ticket | None:
+        """Admit a payload now if nobody waits and it fits (no waiting)."""
+        return self._admitted(self.admission.try_admit(client, size))
 
-    def release(self, count: int = 1) -> None:
-        """Give back slots (after completion, or when a source gives up a reservation)."""
-        with self._slots:
-            self._used -= count
-            self._metrics.queue_depth.set(self._used)
-            self._slots.notify_all()
+    async def admit(self, client: str, size: int, timeout: float | None = None) -> Ticket | None:
+        """Wait in line for admission (None after ``timeout`` seconds)."""
+        return self._admitted(await self.admission.admit(client, size, timeout))
+
+    def admit_blocking(
+        self, client: str, size: int, *, is_abandoned: Callable[[], bool], poll_secs: float = 0.5
+    ) -> Ticket | None:
+        """Wait in line for admission in a thread, until ``is_abandoned()``."""
+        ticket = self.admission.admit_blocking(client, size, poll_secs, is_abandoned=is_abandoned)
+        return self._admitted(ticket)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back an admission (after completion, or when a source gives up)."""
+        self.admission.release(ticket)
+        self._metrics.queue_depth.set(self.admission.payloads)
+        self._metrics.queue_bytes.set(self.admission.bytes)
+
+    def _admitted(self, ticket: Ticket | None) -> Ticket | None:
+        if ticket is not None:
+            self._metrics.queue_depth.set(self.admission.payloads)
+            self._metrics.queue_bytes.set(self.admission.bytes)
+        return ticket
 
     # -- submitting ---------------------------------------------------------------------
 
     def enqueue(
-        self, payload: bytes, source: str, on_done: OnDone, *, rejection: Rejection | None = None
+        self,
+        payload: bytes,
+        source: str,
+        on_done: OnDone,
+        *,
+        ticket: Ticket | None,
+        rejection: Rejection | None = None,
     ) -> None:
-        """Queue a payload for which a slot is held; the writer runs the stages on it.
+        """Queue an admitted payload; the writer runs the stages on it.
 
-        ``on_done`` runs in the writer thread after the commit. ``rejection`` is set when
-        the source itself refused the payload (too large, wrong media type): it is recorded.
+        ``on_done`` runs in the writer thread after the commit, and the ticket is given
+        back just before. ``rejection`` is set when the source itself refused the payload
+        (too large, wrong media type): it is recorded.
         """
-        self._queue.put(_Delivery(payload, source, on_done, rejection))
+        self._queue.put(_Delivery(payload, source, on_done, rejection, ticket))
 
     async def submit(
-        self, payload: bytes, source: str, *, rejection: Rejection | None = None
+        self, payload: bytes, source: str, *, client: str = "", rejection: Rejection | None = None
     ) -> BatchOutcome:
-        """Wait for a slot, queue the payload, and wait for its commit."""
-        await self.acquire()
-        return await self.enqueue_and_wait(payload, source, rejection=rejection)
+        """Wait for admission, queue the payload, and wait for its commit."""
+        ticket = await self.admit(client, len(payload))
+        return await self.enqueue_and_wait(payload, source, ticket=ticket, rejection=rejection)
 
     async def enqueue_and_wait(
-        self, payload: bytes, source: str, *, rejection: Rejection | None = None
+        self,
+        payload: bytes,
+        source: str,
+        *,
+        ticket: Ticket | None,
+        rejection: Rejection | None = None,
     ) -> BatchOutcome:
-        """Queue a payload for which a slot is held, and wait for its commit."""
+        """Queue an admitted payload, and wait for its commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BatchOutcome] = loop.create_future()
 
@@ -196,7 +252,7 @@ class Intake:
         def on_done(outcome: BatchOutcome) -> None:
             loop.call_soon_threadsafe(resolve, outcome)
 
-        self.enqueue(payload, source, on_done, rejection=rejection)
+        self.enqueue(payload, source, on_done, ticket=ticket, rejection=rejection)
         return await future
 
     # -- the writer ---------------------------------------------------------------------
@@ -275,7 +331,8 @@ class Intake:
             logger.exception("Stages failed on a payload from %s; not stored.", delivery.source)
             self._metrics.component(delivery.source).error("stages")
             outcome = BatchOutcome(error="internal error in the stages; nothing stored")
-            self._complete(_Item(delivery.on_done, PendingWrite(delivery.source, 0, []), outcome))
+            write = PendingWrite(delivery.source, 0, [])
+            self._complete(_Item(delivery.on_done, write, outcome, delivery.ticket))
             return 0
         group.append(item)
         return item.size
@@ -283,14 +340,8 @@ class Intake:
     def _prepare(self, delivery: _Delivery) -> _Item:
         payload, source, rejection = delivery.payload, delivery.source, delivery.rejection
         counters = self._metrics.component(source)
-        if rejection is None and len(payload) > self._max_payload_bytes:
-            rejection = Rejection(
-                WHOLE_PAYLOAD,
-                RejectReason.TOO_LARGE,
-                f"payload of {len(payload)} bytes is larger than max_body_bytes="
-                f"{self._max_payload_bytes}; first {KEPT_PREFIX_BYTES} bytes kept",
-                payload[:KEPT_PREFIX_BYTES],
-            )
+        if rejection is None:
+            payload, rejection = self.screen(payload)
         if rejection is not None:
             events, rejected = [], [rejection]
             counters.rejected(rejection.reason.value)
@@ -298,15 +349,15 @@ class Intake:
             result = self._pipeline.run(payload)
             events, rejected = result.passed, result.rejected
         counters.received.inc(len(events) + len(rejected))
-        outcome = BatchOutcome()
+        outcome = BatchOutcome(max_results=self._ack_max_results)
+        to_record = []
         for r in rejected:
-            if r.reason is RejectReason.DUPLICATE:
-                outcome.duplicates += 1
-            else:
-                outcome.rejected.append(r)
-        to_record = [r for r in rejected if r.reason in RECORDED_REASONS]
+            outcome.add_rejection(r)
+            if r.reason in RECORDED_REASONS:
+                # Never more than a bounded prefix of the refused bytes, with size and hash.
+                to_record.append(r.bounded(self._error_raw_max))
         write = PendingWrite(source, self._clock.now_ms(), events, to_record)
-        return _Item(delivery.on_done, write, outcome)
+        return _Item(delivery.on_done, write, outcome, delivery.ticket)
 
     def _commit(self, group: list[_Item]) -> None:
         writes = [item.write for item in group]
@@ -342,7 +393,8 @@ class Intake:
         self._publisher.offer_all(published)
 
     def _complete(self, item: _Item) -> None:
-        self.release()
+        if item.ticket is not None:
+            self.release(item.ticket)
         try:
             item.on_done(item.outcome)
         except Exception:  # a source's callback must never kill the writer

@@ -138,16 +138,20 @@ class MqttEventSource:
             logger.warning("MQTT disconnected (%s); reconnecting with backoff.", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # Waiting for a slot here stops reading from the broker: that is the back pressure.
-        while not self._intake.acquire_blocking(timeout=0.5):
-            if self._stopping.is_set():
-                return  # not acked: the broker redelivers it next time
+        payload, rejection = self._intake.screen(bytes(message.payload))
+        # Waiting for admission here stops reading from the broker: that is the back
+        # pressure. Each topic (one per school, or per device) has its fair share.
+        ticket = self._intake.admit_blocking(
+            message.topic, len(payload), is_abandoned=self._stopping.is_set
+        )
+        if ticket is None:
+            return  # stopping: not acked, the broker redelivers it next time
         mid, qos = message.mid, message.qos
         with self._ack_lock:
             # Checked under the lock stop() waits with: a message is either counted before
             # stop() looks, or left to the broker.
             if self._stopping.is_set():
-                self._intake.release()
+                self._intake.release(ticket)
                 return
             connection = self._connection
             self._pending += 1
@@ -163,7 +167,7 @@ class MqttEventSource:
                 self._pending_done.notify_all()
 
         try:
-            self._intake.enqueue(bytes(message.payload), self.source, on_done)
+            self._intake.enqueue(payload, self.source, on_done, ticket=ticket, rejection=rejection)
         except Exception:
             # An exception escaping a callback would end paho's network thread and, with
             # it, this source. Left unacknowledged, the message comes again on reconnect.

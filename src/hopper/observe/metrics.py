@@ -63,6 +63,12 @@ class HopperMetrics:
         self.queue_capacity = Gauge(
             "intake_queue_capacity_batches", "Bound of the intake queue.", registry=r
         )
+        self.queue_bytes = Gauge(
+            "intake_queue_bytes", "Bytes of the batches waiting for the writer.", registry=r
+        )
+        self.queue_capacity_bytes = Gauge(
+            "intake_queue_capacity_bytes", "Bound of the intake queue in bytes.", registry=r
+        )
         self.commit_seconds = Histogram(
             "store_commit_seconds",
             "Duration of one group commit.",

@@ -18,7 +18,7 @@ StageFactory = Callable[[HopperSettings, Clock], Stage[Any, Any]]
 
 # Every stage the config may name, in the order the edge path runs them.
 EDGE_STAGES: dict[str, StageFactory] = {
-    "decode": lambda settings, clock: Decode(),
+    "decode": lambda settings, clock: Decode(max_events=settings.ingest.max_batch_events),
     "validate": lambda settings, clock: Validate(
         clock,
         max_event_age_secs=settings.ingest.max_event_age_secs,

@@ -27,7 +27,9 @@ class StoredError:
     source: str
     reason: str
     detail: str
-    raw: bytes
+    raw: bytes  # at most ingest.error_raw_max_bytes: a prefix when raw_size is larger
+    raw_size: int | None = None  # the refused bytes' full length (None in rows before v2)
+    raw_hash: bytes | None = None  # their content hash, when they were all read
 
 
 class EventStore(Protocol):

@@ -86,7 +86,7 @@ def _reader_row(event: Event, received_ms: int) -> tuple[Any, ...]:
 def _error_row(write: PendingWrite, rejection: Rejection) -> tuple[Any, ...]:
     """Return the ``reader_events_errors`` row, with U+0000 replaced in the detail."""
     row = error_row(write, rejection)
-    return (*row[:3], row[3].replace(_NUL, "\ufffd"), row[4])
+    return (*row[:3], row[3].replace(_NUL, "\ufffd"), *row[4:])
 
 
 class PostgresEventStore:
@@ -224,7 +224,8 @@ class PostgresEventStore:
             rows = (
                 self._connection()
                 .execute(
-                    "SELECT received_ms, source, reason, detail, raw FROM reader_events_errors "
+                    "SELECT received_ms, source, reason, detail, raw, raw_size, raw_hash "
+                    "FROM reader_events_errors "
                     "ORDER BY id DESC LIMIT %s",
                     (limit,),
                 )

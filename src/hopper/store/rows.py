@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hopper.events.model import Event, Rejection
+from hopper.events.model import Event, Rejection, content_hash
 from hopper.store.base import PendingWrite
 
 READER_EVENT_COLUMNS = (
@@ -25,7 +25,7 @@ READER_EVENT_COLUMNS = (
     "hash",
 )
 RAW_EVENT_COLUMNS = ("app_time_ms", "hash", "received_ms", "raw")
-ERROR_COLUMNS = ("received_ms", "source", "reason", "detail", "raw")
+ERROR_COLUMNS = ("received_ms", "source", "reason", "detail", "raw", "raw_size", "raw_hash")
 
 
 def reader_event_row(event: Event, received_ms: int) -> tuple[Any, ...]:
@@ -56,6 +56,8 @@ def error_row(write: PendingWrite, rejection: Rejection) -> tuple[Any, ...]:
         rejection.reason.value,
         rejection.detail,
         rejection.raw,
+        rejection.full_size,
+        rejection.raw_hash if rejection.size is not None else content_hash(rejection.raw),
     )
 
 

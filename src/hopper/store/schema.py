@@ -92,6 +92,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX reader_events_errors_received ON reader_events_errors (received_ms)",
         ),
     ),
+    Migration(
+        2,
+        "reader_events_errors keeps the full size and hash of bytes it keeps only a prefix of",
+        sqlite=(
+            "ALTER TABLE reader_events_errors ADD COLUMN raw_size INTEGER",
+            "ALTER TABLE reader_events_errors ADD COLUMN raw_hash BLOB",
+        ),
+        postgres=(
+            "ALTER TABLE reader_events_errors ADD COLUMN raw_size BIGINT",
+            "ALTER TABLE reader_events_errors ADD COLUMN raw_hash BYTEA",
+        ),
+    ),
 )
 
 VERSION_TABLE = "hopper_schema_version"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -124,6 +125,17 @@ class _Checkpointer:
         self._conn.close()
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open, never hiding the error that led here.
+
+    SQLite rolls back by itself on some errors (a full disk); a second ROLLBACK would then
+    fail with "no transaction is active" and replace the real cause in the log.
+    """
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 class SqliteEventStore:
     """Event store in one SQLite file; use one instance per thread."""
 
@@ -176,7 +188,7 @@ class SqliteEventStore:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             logger.info("Applied migration %d: %s.", migration.version, migration.description)
             ran += 1
@@ -195,7 +207,7 @@ class SqliteEventStore:
                 stored = self._write(conn, writes)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         except sqlite3.OperationalError as exc:
             # Locked, I/O error, disk full: worth retrying. Other errors (constraint
@@ -249,7 +261,7 @@ class SqliteEventStore:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return cursor.rowcount
 
@@ -263,7 +275,8 @@ class SqliteEventStore:
     def errors(self, limit: int = 100) -> list[StoredError]:
         """Return the newest recorded rejections."""
         rows = self._conn.execute(
-            "SELECT received_ms, source, reason, detail, raw FROM reader_events_errors "
+            "SELECT received_ms, source, reason, detail, raw, raw_size, raw_hash "
+            "FROM reader_events_errors "
             "ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from hopper.cli import app
 from hopper.config import load_settings
 from hopper.errors import ConfigError
+from hopper.store.schema import MIGRATIONS
 
 runner = CliRunner()
 
@@ -80,7 +81,8 @@ def test_migrate_and_purge_errors_job_run_from_the_command_line(tmp_path: Path) 
     env = {"HOPPER_STORE__SQLITE_PATH": str(tmp_path / "e.db")}
     result = runner.invoke(app, ["migrate"], env=env)
     assert result.exit_code == 0
-    assert "Applied 1 migration(s)" in result.output
+    assert f"Applied {len(MIGRATIONS)} migration(s)" in result.output
+    assert "Applied 0 migration(s)" in runner.invoke(app, ["migrate"], env=env).output
     result = runner.invoke(app, ["job", "purge-errors"], env=env)
     assert result.exit_code == 0
     assert "deleted 0 rows" in result.output

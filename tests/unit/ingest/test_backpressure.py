@@ -20,7 +20,7 @@ PROTOBUF = {"content-type": "application/x-protobuf"}
 def small_queue(tmp_path) -> HopperSettings:  # type: ignore[no-untyped-def]
     return load_settings(
         store={"sqlite_path": tmp_path / "e.db"},
-        ingest={"queue_max_batches": 2, "retry_after_secs": 3},
+        ingest={"queue_max_batches": 2, "retry_after_secs": 3, "http_admission_wait_secs": 0.2},
     )
 
 
@@ -32,13 +32,15 @@ def client(small_queue: HopperSettings) -> Iterator[TestClient]:
 
 def test_full_queue_answers_503_with_retry_after_then_recovers(client: TestClient) -> None:
     intake = client.app.state.node.intake  # type: ignore[attr-defined]
-    assert intake.try_acquire() and intake.try_acquire()  # another source holds every slot
+    held = [intake.try_admit("other", 10), intake.try_admit("other", 10)]
+    assert all(held)  # another client holds every slot
     response = client.post("/v1/events", content=make_batch(3), headers=PROTOBUF)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "3"
     health = client.get("/health").json()
     assert health["checks"]["intake_queue"]["status"] == "warn"
-    intake.release(2)
+    for ticket in held:
+        intake.release(ticket)
     response = client.post("/v1/events", content=make_batch(3), headers=PROTOBUF)
     assert response.status_code == 200
     assert response.json()["accepted"] == 3
@@ -47,11 +49,13 @@ def test_full_queue_answers_503_with_retry_after_then_recovers(client: TestClien
 def test_websocket_ack_waits_while_the_queue_is_full(client: TestClient) -> None:
     intake = client.app.state.node.intake  # type: ignore[attr-defined]
     with client.websocket_connect("/v1/events/ws") as ws:
-        assert intake.try_acquire() and intake.try_acquire()
+        held = [intake.try_admit("other", 10), intake.try_admit("other", 10)]
+        assert all(held)
         ws.send_bytes(make_batch(4))
         time.sleep(0.3)
-        assert intake.depth == 2  # the frame is held back, not buffered beyond the bound
-        intake.release(2)
+        assert intake.depth == 2  # the frame is held back, not admitted beyond the bound
+        for ticket in held:
+            intake.release(ticket)
         ack = orjson.loads(ws.receive_text())
     assert (ack["seq"], ack["accepted"]) == (1, 4)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hopper.config import load_settings
 from hopper.errors import BackendUnavailable
-from hopper.events import Event
+from hopper.events import Event, content_hash
 from hopper.ingest.intake import BatchOutcome, Intake
 from hopper.observe.metrics import HopperMetrics
 from hopper.pipeline import build_edge_pipeline
@@ -44,7 +45,7 @@ def stages_thread(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     return bool(request.param)
 
 
-def _intake(store: SqliteEventStore, **kwargs: int) -> tuple[Intake, HopperMetrics]:
+def _intake(store: SqliteEventStore, **kwargs: Any) -> tuple[Intake, HopperMetrics]:
     settings = load_settings()
     metrics = HopperMetrics()
     clock = FrozenClock(NOW_MS)
@@ -64,8 +65,8 @@ def _submit_all(intake: Intake, payloads: list[bytes]) -> list[BatchOutcome]:
         done.release()
 
     for payload in payloads:
-        assert intake.acquire_blocking(timeout=5)
-        intake.enqueue(payload, "test", on_done)
+        ticket = intake.admit_blocking("test", len(payload), is_abandoned=lambda: False)
+        intake.enqueue(payload, "test", on_done, ticket=ticket)
     for _ in payloads:
         assert done.acquire(timeout=10)
     return outcomes
@@ -79,8 +80,9 @@ def test_queued_payloads_are_committed_together(tmp_path: Path) -> None:
     payloads = [make_batch(10, start=n * 10) for n in range(20)]
     results: list[BatchOutcome] = []
     for payload in payloads:
-        assert intake.try_acquire()
-        intake.enqueue(payload, "test", results.append)
+        ticket = intake.try_admit("test", len(payload))
+        assert ticket is not None
+        intake.enqueue(payload, "test", results.append, ticket=ticket)
     intake.start()
     intake.stop()
     assert store.commits == [20]
@@ -143,8 +145,9 @@ def test_one_payload_that_breaks_the_transaction_fails_alone(tmp_path: Path) -> 
     no_payload = encode_batch([pb.Event(username="u", device_id="d", app_time_ms=NOW_MS)])
     results: dict[int, BatchOutcome] = {}
     for n, payload in enumerate([make_batch(3), no_payload, make_batch(3, start=10)]):
-        assert intake.try_acquire()
-        intake.enqueue(payload, "test", lambda o, n=n: results.__setitem__(n, o))
+        ticket = intake.try_admit("test", len(payload))
+        assert ticket is not None
+        intake.enqueue(payload, "test", lambda o, n=n: results.__setitem__(n, o), ticket=ticket)
     intake.start()
     intake.stop()
     assert results[0].accepted == 3 and results[0].error is None
@@ -157,16 +160,19 @@ def test_one_payload_that_breaks_the_transaction_fails_alone(tmp_path: Path) -> 
 def test_oversized_payload_is_recorded_as_too_large(tmp_path: Path) -> None:
     store = FlakyStore(tmp_path / "e.db", failures=0)
     store.migrate()
-    intake, _ = _intake(store, max_payload_bytes=500)
+    intake, _ = _intake(store, max_payload_bytes=500, error_raw_max_bytes=1024)
     intake.start()
+    payload = make_batch(20)
     try:
-        (outcome,) = _submit_all(intake, [make_batch(20)])
+        (outcome,) = _submit_all(intake, [payload])
     finally:
         intake.stop()
-    assert [r.reason.value for r in outcome.rejected] == ["too_large"]
+    assert outcome.reasons == {"too_large": 1}
     (error,) = store.errors()
     assert error.reason == "too_large" and error.source == "test"
     assert len(error.raw) == 1024
+    assert error.raw == payload[:1024]
+    assert (error.raw_size, error.raw_hash) == (len(payload), content_hash(payload))
 
 
 def test_a_bug_in_the_stages_fails_its_payload_alone(tmp_path: Path) -> None:

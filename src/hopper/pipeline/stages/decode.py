@@ -14,11 +14,14 @@ class Decode:
 
     name = "decode"
 
+    def __init__(self, *, max_events: int | None = None) -> None:
+        self._max_events = max_events
+
     def process(self, batch: Sequence[bytes]) -> StageResult[Event]:
         """Decode every payload of the batch."""
         result: StageResult[Event] = StageResult([])
         for payload in batch:
-            events, rejected = decode_batch(payload)
+            events, rejected = decode_batch(payload, max_events=self._max_events)
             result.passed.extend(events)
             result.rejected.extend(rejected)
         return result
