@@ -55,6 +55,14 @@ def settings(tmp_path: Path) -> HopperSettings:
 
 
 @pytest.fixture
+def token(settings: HopperSettings) -> str:
+    """A token with every scope but admin, in the ``settings`` store."""
+    from hopper.testing import create_token
+
+    return create_token(settings.store, "ingest", "stream", "metrics")
+
+
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL schema of its own for one test."""
     require_service("postgres")

@@ -9,9 +9,11 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
 import orjson
 import typer
 import uvicorn
@@ -21,9 +23,14 @@ from rich.text import Text
 from hopper.config import HopperSettings, load_settings
 from hopper.errors import HopperError
 
+if TYPE_CHECKING:
+    from hopper.store.tokens import TokenStore
+
 app = typer.Typer(help="Hopper: telemetry and learning analytics for education apps.")
 config_app = typer.Typer(help="Inspect and check the configuration.")
 app.add_typer(config_app, name="config")
+token_app = typer.Typer(help="Create, list and revoke access tokens (stored hashed).")
+app.add_typer(token_app, name="token")
 console = Console(stderr=True)
 logger = logging.getLogger("hopper")
 
@@ -34,7 +41,10 @@ ConfigOption = Annotated[
 
 
 def _error(message: object) -> None:
-    console.print(Text("error: ", style="red") + Text(str(message)), soft_wrap=True)
+    from hopper.observe.logs import redact
+
+    # Errors quote what went wrong, URLs included: mask credentials as the logs do.
+    console.print(Text("error: ", style="red") + Text(redact(str(message))), soft_wrap=True)
 
 
 def _settings(config: Path | None, **overrides: Any) -> HopperSettings:
@@ -116,6 +126,9 @@ def demo(
     )
     application = create_app(settings)
     server = uvicorn.Server(_uvicorn_config(application, settings))
+    # Auth stays on in the demo, as everywhere: the demo makes its own token.
+    token = _demo_token(settings)
+    examples = _write_demo_events(directory / "my-events.jsonl")
     base = f"http://127.0.0.1:{port}"
     ws_base = f"ws://127.0.0.1:{port}"
     counts = TrafficCounts()
@@ -136,10 +149,23 @@ def demo(
         out.print(f"  live JSON         {ws_base}/v1/stream/lp-events")
         out.print(f"  health            {base}/health")
         out.print(f"  metrics           {base}/metrics")
+        out.print(f"  token             {token}  (ingest, stream, metrics; this demo's store only)")
+        hopper = _hopper_command()
+        out.print("  Try, in another terminal:", highlight=False)
+        out.print(f"    export HOPPER_TOKEN={token}", highlight=False, soft_wrap=True)
+        out.print(f"    {hopper} stream lp-events --url {base}", highlight=False, soft_wrap=True)
+        out.print(f"    {hopper} send {examples} --url {base}", highlight=False, soft_wrap=True)
+        out.print(
+            f'    curl -H "Authorization: Bearer $HOPPER_TOKEN" {base}/metrics',
+            highlight=False,
+            soft_wrap=True,
+        )
         out.print(f"  {students} students streaming ~{rate:.0f} events/s; Ctrl-C stops.")
         school = SimulatedSchool(students)
         traffic = asyncio.create_task(
-            stream_school(f"{ws_base}/v1/events/ws", school, counts, events_per_sec=rate)
+            stream_school(
+                f"{ws_base}/v1/events/ws", school, counts, events_per_sec=rate, token=token
+            )
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -174,6 +200,181 @@ def demo(
         )
 
     asyncio.run(run())
+
+
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="HOPPER_TOKEN",
+        help="Bearer token (env HOPPER_TOKEN; prefer the variable: options land in history).",
+        show_default=False,
+    ),
+]
+
+
+def _demo_token(settings: HopperSettings) -> str:
+    from hopper.access import Scope, create_token
+    from hopper.clock import SystemClock
+
+    scopes = (Scope.INGEST, Scope.STREAM, Scope.METRICS)
+    return create_token(settings.store, "demo", scopes, None, SystemClock().now_ms()).token
+
+
+def _write_demo_events(path: Path) -> Path:
+    """Write a few events, in the shape `hopper send` reads, for the demo's instructions."""
+    now = time.time_ns() // 1_000_000
+    lines = [
+        {"type": "app_session_started", "username": "you", "device_id": "my-tablet"},
+        {
+            "type": "book_opened",
+            "username": "you",
+            "device_id": "my-tablet",
+            "school_id": "school-001",
+            "payload": {"book_id": "book-001"},
+        },
+        {
+            "type": "page_viewed",
+            "username": "you",
+            "device_id": "my-tablet",
+            "school_id": "school-001",
+            "app_time_ms": now,
+            "payload": {"book_id": "book-001", "page": 1, "duration_ms": 12000},
+        },
+    ]
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def _hopper_command() -> str:
+    """How the user can run this same `hopper` (the venv's script when not on PATH)."""
+    import shutil
+
+    script = Path(sys.argv[0])
+    if script.name == "hopper":
+        on_path = shutil.which("hopper")
+        if on_path is not None and Path(on_path).resolve() == script.resolve():
+            return "hopper"
+        return str(script.resolve())
+    return f"{sys.executable} -m hopper"
+
+
+@app.command()
+def send(
+    file: Annotated[Path, typer.Argument(help="JSON-lines file of events ('-' reads stdin).")],
+    url: Annotated[str, typer.Option(help="The edge node's base URL.")] = "http://127.0.0.1:8470",
+    token: TokenOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Events per POST.")] = 100,
+) -> None:
+    """Send events from a JSON-lines file (the lp-events shape) over HTTP; print the answers."""
+    from hopper.client import HopperBusy, HttpSender, event_from_json
+
+    lines = sys.stdin if str(file) == "-" else file.open(encoding="utf-8")
+    sender = HttpSender(url, token=token)
+    totals = {"accepted": 0, "duplicates": 0, "rejected": 0}
+    reasons: dict[str, int] = {}
+    bad_lines = 0
+    batch: list[Any] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        while True:
+            try:
+                answer = sender.send(batch)
+                break
+            except HopperBusy as busy:
+                time.sleep(busy.retry_after)
+        if answer["status_code"] in (401, 403):
+            _error(f"the node refused the token: {answer.get('error')}")
+            raise typer.Exit(2)
+        for key in totals:
+            totals[key] += int(answer.get(key, 0))
+        for reason, count in answer.get("reasons", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        batch.clear()
+
+    try:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(event_from_json(orjson.loads(line)))
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                bad_lines += 1
+                _error(f"{file}:{number}: {exc}")
+                continue
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    except httpx.HTTPError as exc:
+        _error(f"cannot reach {url}: {exc}")
+        raise typer.Exit(2) from exc
+    finally:
+        sender.close()
+        if lines is not sys.stdin:
+            lines.close()
+    by_reason = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+    typer.echo(
+        f"accepted {totals['accepted']}, duplicates {totals['duplicates']}, "
+        f"rejected {totals['rejected']}{f' ({by_reason})' if by_reason else ''}"
+        f"{f'; {bad_lines} unreadable line(s) not sent' if bad_lines else ''}."
+    )
+    if bad_lines or totals["rejected"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stream(
+    channel: Annotated[str, typer.Argument(help="Channel: lp-events (JSON) or protos.")],
+    url: Annotated[str, typer.Option(help="The edge node's base URL.")] = "http://127.0.0.1:8470",
+    token: TokenOption = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many messages.")] = None,
+) -> None:
+    """Print a live channel, one message a line (protos as base64); Ctrl-C stops."""
+    import base64
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus, WebSocketException
+
+    from hopper.client import auth_headers
+
+    ws_url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    ws_url = f"{ws_url.rstrip('/')}/v1/stream/{channel}"
+
+    async def run() -> None:
+        # A roomy receive queue: the client stops reading when it is full, and the server's
+        # answer to our close frame would then wait behind unread messages.
+        async with connect(
+            ws_url,
+            additional_headers=auth_headers(token),
+            max_size=None,
+            max_queue=1024,
+            close_timeout=2,
+        ) as ws:
+            first = orjson.loads(await ws.recv())
+            console.print(f"Subscribed to {first.get('subscribed')}; Ctrl-C stops.")
+            seen = 0
+            async for message in ws:
+                if isinstance(message, bytes):
+                    message = base64.b64encode(message).decode()
+                typer.echo(message)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except InvalidStatus as exc:
+        _error(
+            f"the node refused the stream: HTTP {exc.response.status_code} "
+            f"{exc.response.body.decode(errors='replace')[:200] if exc.response.body else ''}"
+        )
+        raise typer.Exit(2) from exc
+    except (OSError, WebSocketException) as exc:
+        _error(f"stream of {channel} ended: {exc}")
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -222,7 +423,7 @@ def config_check(config: ConfigOption = None) -> None:
     typer.echo(
         f"OK: edge topology {' + '.join(edge.sources)} -> {' -> '.join(edge.stages)} -> "
         f"{', '.join(edge.sinks)}; store {settings.store.backend}, channels "
-        f"{settings.pubsub.backend}."
+        f"{settings.pubsub.backend}, auth {settings.auth.mode}."
     )
 
 
@@ -248,6 +449,111 @@ def _missing_backends(settings: HopperSettings) -> list[str]:
         for module, extra in needs
         if importlib.util.find_spec(module) is None
     ]
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="Who or what the token is for, e.g. 'tablets'.")],
+    scope: Annotated[
+        list[str],
+        typer.Option(help="A scope to grant (repeat): ingest, stream, metrics, admin."),
+    ],
+    school: Annotated[
+        list[str] | None,
+        typer.Option(help="Bind the token to this school_id (repeat); default: any school."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a token; its secret is printed once, on standard output, and never again."""
+    from hopper.access import Scope, create_token
+    from hopper.clock import SystemClock
+
+    settings = _settings(config)
+    known = {s.value for s in Scope}
+    unknown = [s for s in scope if s not in known]
+    if unknown or not scope:
+        _error(
+            f"unknown scope(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}"
+        )
+        raise typer.Exit(2)
+    try:
+        issued = create_token(
+            settings.store, name, [Scope(s) for s in scope], school or None, SystemClock().now_ms()
+        )
+    except HopperError as exc:
+        _error(exc)
+        raise typer.Exit(2) from exc
+    bound = ", ".join(school) if school else "any school"
+    console.print(
+        f"Created token {issued.stored.id} ({name}: {' '.join(issued.stored.scopes)}; {bound}). "
+        "Its secret is shown once, below; store it now."
+    )
+    typer.echo(issued.token)
+
+
+@token_app.command("list")
+def token_list(config: ConfigOption = None) -> None:
+    """List tokens (ids, names, scopes, schools; never secrets)."""
+    from rich.table import Table
+
+    settings = _settings(config)
+    with _token_store(settings) as tokens:
+        rows = tokens.all()
+    table = Table("id", "name", "scopes", "schools", "created", "revoked")
+    for t in rows:
+        table.add_row(
+            t.id,
+            t.name,
+            " ".join(t.scopes),
+            "any" if t.schools is None else " ".join(t.schools),
+            _iso(t.created_ms),
+            "" if t.revoked_ms is None else _iso(t.revoked_ms),
+        )
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (from `hopper token list`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a token; running nodes refuse it within auth.cache_secs."""
+    from hopper.clock import SystemClock
+
+    settings = _settings(config)
+    with _token_store(settings) as tokens:
+        revoked = tokens.revoke(token_id, SystemClock().now_ms())
+    if not revoked:
+        _error(f"no active token with id {token_id!r}")
+        raise typer.Exit(1)
+    typer.echo(f"Revoked token {token_id}.")
+
+
+@contextlib.contextmanager
+def _token_store(settings: HopperSettings) -> Iterator[TokenStore]:
+    from hopper.store import open_event_store
+    from hopper.store.tokens import TokenStore
+
+    try:
+        store = open_event_store(settings.store)
+        try:
+            store.migrate()  # the token table comes with the store's schema
+        finally:
+            store.close()
+        tokens = TokenStore.from_settings(settings.store)
+    except HopperError as exc:
+        _error(exc)
+        raise typer.Exit(2) from exc
+    try:
+        yield tokens
+    finally:
+        tokens.close()
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def main() -> None:

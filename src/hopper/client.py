@@ -18,11 +18,14 @@ from hopper.events.protobuf import EVENT_TYPES, encode_batch
 
 __all__ = [
     "EVENT_TYPES",
-    "HttpSender",
     "HopperBusy",
+    "HttpSender",
     "MqttSender",
     "WebSocketSender",
+    "auth_headers",
     "encode_batch",
+    "event_from_json",
+    "is_busy",
     "make_event",
 ]
 
@@ -57,6 +60,43 @@ def make_event(
     return event
 
 
+_ENVELOPE_FIELDS = ("school_id", "app_version", "platform", "session_id")
+
+
+def event_from_json(obj: Any) -> pb.Event:
+    """Build an event from its JSON form, the shape ``lp-events`` publishes.
+
+    ``{"type": "page_viewed", "username": ..., "device_id": ..., "payload": {...}}`` with
+    optional ``school_id``, ``app_time_ms`` (default: now), ``app_version``, ``platform``
+    and ``session_id``. Raises ValueError with what is wrong.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError("each line must be a JSON object")
+    for name in ("type", "username", "device_id"):
+        if not isinstance(obj.get(name), str) or not obj[name]:
+            raise ValueError(f"{name!r} must be a non-empty string")
+    payload = obj.get("payload") or {}
+    if not isinstance(payload, dict):
+        raise ValueError("'payload' must be an object")
+    app_time = obj.get("app_time_ms")
+    if app_time is not None and (not isinstance(app_time, int) or isinstance(app_time, bool)):
+        raise ValueError("'app_time_ms' must be an integer (Unix milliseconds)")
+    envelope = {name: str(obj.get(name) or "") for name in _ENVELOPE_FIELDS}
+    if not envelope["platform"]:
+        envelope["platform"] = "android"
+    try:
+        return make_event(
+            obj["type"],
+            payload,
+            username=obj["username"],
+            device_id=obj["device_id"],
+            app_time_ms=app_time,
+            **envelope,
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"bad event: {exc}") from exc
+
+
 class HopperBusy(Exception):
     """The server applied back pressure; retry after ``retry_after`` seconds."""
 
@@ -65,11 +105,22 @@ class HopperBusy(Exception):
         self.retry_after = retry_after
 
 
+def auth_headers(token: str | None) -> dict[str, str]:
+    """Return the ``Authorization`` header for a token (none without one)."""
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def is_busy(ack: Mapping[str, Any]) -> bool:
+    """Tell whether a WebSocket ack says the frame was not stored and must be resent."""
+    error = ack.get("error")
+    return isinstance(error, str) and error.startswith("busy")
+
+
 class HttpSender:
     """Sends batches with ``POST /v1/events``."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
-        self._client = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(token))
 
     def send(self, batch: bytes | Iterable[pb.Event]) -> dict[str, Any]:
         """Send one batch; return the server's JSON answer. Raise HopperBusy on 503."""
@@ -95,8 +146,9 @@ class WebSocketSender:
     number, ``wait`` the server's ack for it.
     """
 
-    def __init__(self, url: str, *, max_in_flight: int = 64) -> None:
+    def __init__(self, url: str, *, token: str | None = None, max_in_flight: int = 64) -> None:
         self.url = url
+        self._headers = auth_headers(token)
         self._window = asyncio.Semaphore(max_in_flight)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._seq = 0
@@ -106,7 +158,9 @@ class WebSocketSender:
     async def __aenter__(self) -> WebSocketSender:
         from websockets.asyncio.client import connect
 
-        self._ws = await connect(self.url, max_size=None, compression=None)
+        self._ws = await connect(
+            self.url, max_size=None, compression=None, additional_headers=self._headers
+        )
         self._reader = asyncio.create_task(self._read_acks())
         return self
 
@@ -149,9 +203,15 @@ class WebSocketSender:
             if future.done():
                 self._pending.pop(seq, None)
 
-    async def send_and_wait(self, batch: bytes) -> dict[str, Any]:
-        """Send one batch and wait for its ack."""
-        return await self.wait(await self.send(batch))
+    async def send_and_wait(self, batch: bytes, *, busy_retries: int = 10) -> dict[str, Any]:
+        """Send one batch and wait for its ack, resending while the server says busy."""
+        ack = await self.wait(await self.send(batch))
+        for _ in range(busy_retries):
+            if not is_busy(ack):
+                break
+            await asyncio.sleep(float(ack.get("retry_after_secs", 1)))
+            ack = await self.wait(await self.send(batch))
+        return ack
 
     async def _read_acks(self) -> None:
         error: BaseException = ConnectionError("connection closed before the ack")
@@ -175,7 +235,14 @@ class MqttSender:
     """Publishes batches to the broker with QoS 1."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 1883, *, topic: str, client_id: str = ""
+        self,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        topic: str,
+        client_id: str = "",
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -186,6 +253,8 @@ class MqttSender:
             client_id=client_id,
             protocol=mqtt.MQTTv311,
         )
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.connect(host, port)

@@ -84,6 +84,12 @@ class MqttSettings(BaseModel):
     client_id: str = "hopper-edge"
     username: str | None = None
     password: SecretStr | None = None
+    # TLS to the broker: on when set; a CA file to trust a private CA (else the system's).
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    # Reject events whose school_id is not the topic level that matches the first "+" of
+    # mqtt.topic (hopper/<school>/events), so one school's account cannot write for another.
+    require_topic_school: bool = False
     keepalive_secs: int = 30
     reconnect_min_secs: int = 1
     reconnect_max_secs: int = 30
@@ -113,7 +119,7 @@ class EdgeTopology(BaseModel):
     """The edge ingest path: sources feed a chain of stages that fan out to sinks."""
 
     sources: list[Literal["http", "websocket", "mqtt"]] = ["http", "websocket"]
-    stages: list[str] = ["decode", "validate", "dedup"]
+    stages: list[str] = ["decode", "authorize", "validate", "dedup"]
     sinks: list[str] = ["store", "protos", "lp-events"]
 
     @model_validator(mode="after")
@@ -131,6 +137,17 @@ class PipelineSettings(BaseModel):
     """Topologies declared in the config."""
 
     edge: EdgeTopology = EdgeTopology()
+
+
+class AuthSettings(BaseModel):
+    """Who may send, stream and read metrics: bearer tokens (``hopper token create``)."""
+
+    # "open" lets anyone do anything: for a closed lab network only (warned at start-up).
+    mode: Literal["tokens", "open"] = "tokens"
+    # Serve /metrics without a token (it holds counts, no personal data).
+    metrics_open: bool = False
+    # A token created or revoked in another process takes effect within this time.
+    cache_secs: float = Field(5.0, gt=0)
 
 
 class LogSettings(BaseModel):
@@ -154,6 +171,7 @@ class HopperSettings(BaseSettings):
     pubsub: PubsubSettings = PubsubSettings()
     retention: RetentionSettings = RetentionSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
 
 

@@ -1,13 +1,16 @@
-"""Test helpers shipped with Hopper: a frozen clock and event/batch builders (no fakes)."""
+"""Test helpers shipped with Hopper: a frozen clock, event/batch builders, tokens (no fakes)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hopper.client import make_event
 from hopper.events._pb import events_pb2 as pb
 from hopper.events.protobuf import encode_batch
+
+if TYPE_CHECKING:
+    from hopper.config import StoreSettings
 
 NOW_MS = 1_790_000_000_000  # 2026-09-21, a fixed "now" for tests
 
@@ -25,6 +28,24 @@ class FrozenClock:
     def advance(self, ms: int) -> None:
         """Move the clock forward."""
         self.now += ms
+
+
+def create_token(
+    store: StoreSettings,
+    *scopes: str,
+    schools: Iterable[str] | None = None,
+    name: str = "test",
+) -> str:
+    """Create a token in the store (migrating it first) and return its secret."""
+    from hopper.access import Scope
+    from hopper.access import create_token as create
+
+    return create(store, name, [Scope(s) for s in scopes or ("ingest",)], schools, NOW_MS).token
+
+
+def bearer(token: str) -> dict[str, str]:
+    """Return the ``Authorization`` header carrying ``token``."""
+    return {"authorization": f"Bearer {token}"}
 
 
 def page_view(

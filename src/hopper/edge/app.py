@@ -12,12 +12,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from hopper import __version__
+from hopper.access import AuthError, Scope
 from hopper.clock import Clock
 from hopper.config import HopperSettings
 from hopper.edge.health import HEALTH_MEDIA_TYPE, health_report
 from hopper.edge.node import EdgeNode
 from hopper.edge.stream import stream_channel
 from hopper.ingest import HttpEventReceiver, WebSocketEventReceiver
+from hopper.ingest.http import auth_error_response, authenticate_request
 from hopper.jobs import run_scheduler
 
 
@@ -46,6 +48,11 @@ def create_app(
         return JSONResponse(body, status_code=status, media_type=HEALTH_MEDIA_TYPE)
 
     async def metrics(request: Request) -> Response:
+        if not node.authenticator.is_metrics_open:
+            try:
+                await authenticate_request(request, node.authenticator, Scope.METRICS)
+            except AuthError as exc:
+                return auth_error_response(exc)
         return Response(node.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def index(request: Request) -> Response:
@@ -72,6 +79,7 @@ def create_app(
     if "http" in sources:
         receiver = HttpEventReceiver(
             node.intake,
+            node.authenticator,
             max_body_bytes=settings.ingest.max_body_bytes,
             retry_after_secs=settings.ingest.retry_after_secs,
             admission_wait_secs=settings.ingest.http_admission_wait_secs,
@@ -82,6 +90,7 @@ def create_app(
     if "websocket" in sources:
         ws_receiver = WebSocketEventReceiver(
             node.intake,
+            node.authenticator,
             pending_max_bytes=settings.ingest.websocket_pending_max_bytes,
             pending_max_frames=settings.ingest.websocket_pending_max_frames,
             retry_after_secs=settings.ingest.retry_after_secs,

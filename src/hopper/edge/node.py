@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from hopper.access import Authenticator
 from hopper.clock import Clock, SystemClock
 from hopper.config import HopperSettings
 from hopper.errors import HopperError
@@ -53,6 +54,7 @@ class EdgeNode:
             error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
             ack_max_results=settings.ingest.ack_max_results,
         )
+        self.authenticator = Authenticator(settings.auth, settings.store, self.metrics)
         self.mqtt: MqttEventSource | None = None
         if "mqtt" in topology.sources:
             from hopper.ingest.mqtt import MqttEventSource
@@ -85,11 +87,18 @@ class EdgeNode:
         if self.mqtt is not None:
             self.mqtt.start()
         logger.info(
-            "Edge node started: store %s, channels %s, sources %s.",
+            "Edge node started: store %s, channels %s, sources %s, auth %s.",
             self.store.backend,
             self.channels.backend,
             ", ".join(self.settings.pipeline.edge.sources),
+            self.settings.auth.mode,
         )
+        if self.authenticator.is_open:
+            logger.warning(
+                'Auth is open (auth.mode = "open"): anyone who can reach this node may send '
+                "events for any school, read every student's live events and the metrics. "
+                "Use it on a closed lab network only."
+            )
 
     def stop(self) -> None:
         """Stop sources first, then commit what is queued, then publish and close."""
@@ -99,6 +108,7 @@ class EdgeNode:
         self.publisher.stop()
         self.store.close()
         self.channels.close()
+        self.authenticator.close()
         if self._probe_store is not None:
             self._probe_store.close()
 

@@ -1,7 +1,8 @@
 """Live consumers: WebSocket ``/v1/stream/{channel}`` relays a channel's messages.
 
-The first frame is a text frame ``{"subscribed": channel}``, sent once the subscription
-is in place: everything published after it reaches the consumer.
+The caller needs a token with the ``stream`` scope; a token bound to schools sees only
+those schools' events. The first frame is a text frame ``{"subscribed": channel}``, sent
+once the subscription is in place: everything published after it reaches the consumer.
 """
 
 from __future__ import annotations
@@ -9,26 +10,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import orjson
+from google.protobuf.message import DecodeError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from hopper.access import Scope
 from hopper.edge.node import EdgeNode
 from hopper.errors import HopperError
+from hopper.events.protobuf import PbEvent
+from hopper.ingest.websocket import accept_authenticated
 
 logger = logging.getLogger(__name__)
+
+SchoolOf = Callable[[bytes], str | None]
+
+
+def _school_of_proto(message: bytes) -> str | None:
+    try:
+        return PbEvent.FromString(message).school_id
+    except DecodeError:
+        return None
+
+
+def _school_of_json(message: bytes) -> str | None:
+    try:
+        school = orjson.loads(message).get("school_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return school if isinstance(school, str) else None
 
 
 async def stream_channel(websocket: WebSocket) -> None:
     """Relay one channel: binary frames for ``protos``, text (JSON) frames for ``lp-events``."""
     node: EdgeNode = websocket.app.state.node
     channel = websocket.path_params["channel"]
-    sink = node.channel_names.get(channel)
-    await websocket.accept()
-    if sink is None:
-        await websocket.close(code=1008, reason=f"unknown channel {channel!r}")
+    principal = await accept_authenticated(websocket, node.authenticator, Scope.STREAM)
+    if principal is None:
         return
+    sink = node.channel_names.get(channel)
+    if sink is None:
+        await websocket.close(code=1008, reason=f"unknown channel {channel[:60]!r}")
+        return
+    binary = sink == "protos"
+    schools = principal.schools
+    school_of = _school_of_proto if binary else _school_of_json
     try:
         subscription = await node.channels.subscribe(channel)
     except HopperError as exc:
@@ -37,7 +64,8 @@ async def stream_channel(websocket: WebSocket) -> None:
     relay: asyncio.Task[None] | None = None
     try:
         await websocket.send_text(orjson.dumps({"subscribed": channel}).decode())
-        relay = asyncio.create_task(_relay(websocket, subscription, binary=sink == "protos"))
+        keep: SchoolOf | None = None if schools is None else school_of
+        relay = asyncio.create_task(_relay(websocket, subscription, binary, keep, schools))
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass  # consumers have nothing to say; this loop notices when they leave
     except (WebSocketDisconnect, RuntimeError):
@@ -51,10 +79,16 @@ async def stream_channel(websocket: WebSocket) -> None:
 
 
 async def _relay(
-    websocket: WebSocket, subscription: AsyncGenerator[bytes, None], *, binary: bool
+    websocket: WebSocket,
+    subscription: AsyncGenerator[bytes, None],
+    binary: bool,
+    school_of: SchoolOf | None,
+    schools: frozenset[str] | None,
 ) -> None:
     try:
         async for message in subscription:
+            if school_of is not None and schools is not None and school_of(message) not in schools:
+                continue  # another school's event: not for this token
             if binary:
                 await websocket.send_bytes(message)
             else:

@@ -18,6 +18,7 @@ class RejectReason(StrEnum):
     DUPLICATE = "duplicate"
     TOO_LARGE = "too_large"
     TOO_MANY_EVENTS = "too_many_events"
+    SCHOOL_NOT_ALLOWED = "school_not_allowed"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 
 

@@ -8,8 +8,11 @@ import hashlib
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from hopper.access import Authenticator, AuthError, Principal, Scope
+from hopper.access.authenticator import bearer_from_header
 from hopper.events.model import WHOLE_PAYLOAD, Rejection, RejectReason
 from hopper.ingest.intake import Intake
+from hopper.pipeline.stage import Origin
 
 PROTOBUF_TYPES = frozenset(
     {
@@ -30,6 +33,22 @@ def client_key(request: Request) -> str:
     return request.client.host if request.client is not None else ""
 
 
+def auth_error_response(exc: AuthError) -> Response:
+    """Answer a request refused for its token (never echoing the token)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.status == 503:
+        headers["Retry-After"] = "1"
+    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+
+async def authenticate_request(
+    request: Request, authenticator: Authenticator, scope: Scope
+) -> Principal:
+    """Check the request's ``Authorization: Bearer`` token for ``scope``."""
+    token = bearer_from_header(request.headers.get("authorization"))
+    return await authenticator.authenticate(token, scope)
+
+
 class HttpEventReceiver:
     """Receives event batches over HTTP; answers only after the durable commit."""
 
@@ -38,6 +57,7 @@ class HttpEventReceiver:
     def __init__(
         self,
         intake: Intake,
+        authenticator: Authenticator,
         *,
         max_body_bytes: int,
         retry_after_secs: int,
@@ -46,6 +66,7 @@ class HttpEventReceiver:
         error_raw_max_bytes: int = 4096,
     ) -> None:
         self._intake = intake
+        self._auth = authenticator
         self._max_body = max_body_bytes
         self._retry_after = retry_after_secs
         self._admission_wait = admission_wait_secs
@@ -59,6 +80,13 @@ class HttpEventReceiver:
 
     async def handle(self, request: Request) -> Response:
         """Handle one POST."""
+        try:
+            # Before the body is read: an anonymous client costs nothing but the headers.
+            principal = await authenticate_request(request, self._auth, Scope.INGEST)
+        except AuthError as exc:
+            return auth_error_response(exc)
+        client = client_key(request)
+        origin = Origin(self.source, client, principal.schools)
         body, rejection = await self._read_body(request)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         status = 200
@@ -73,13 +101,13 @@ class HttpEventReceiver:
                 body,
             ).bounded(self._kept)
             body = rejection.raw
-        ticket = await self._intake.admit(client_key(request), len(body), self._admission_wait)
+        ticket = await self._intake.admit(client, len(body), self._admission_wait)
         if ticket is None:
             return self._busy("busy: intake queue full, retry later")
         try:
             outcome = await asyncio.wait_for(
                 self._intake.enqueue_and_wait(
-                    body, self.source, ticket=ticket, rejection=rejection
+                    body, self.source, ticket=ticket, rejection=rejection, origin=origin
                 ),
                 self._ack_timeout,
             )

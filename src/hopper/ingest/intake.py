@@ -30,6 +30,7 @@ from hopper.errors import HopperError
 from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Event, Rejection, RejectReason
 from hopper.ingest.admission import Admission, Ticket
 from hopper.observe.metrics import HopperMetrics
+from hopper.pipeline.stage import ANY_ORIGIN, Origin
 from hopper.pipeline.topology import EdgePipeline
 from hopper.pubsub.publisher import Publisher
 from hopper.store.base import EventStore, PendingWrite
@@ -96,6 +97,7 @@ class _Delivery:
     on_done: OnDone
     rejection: Rejection | None
     ticket: Ticket | None
+    origin: Origin
 
 
 @dataclass(slots=True)
@@ -217,6 +219,7 @@ class Intake:
         *,
         ticket: Ticket | None,
         rejection: Rejection | None = None,
+        origin: Origin = ANY_ORIGIN,
     ) -> None:
         """Queue an admitted payload; the writer runs the stages on it.
 
@@ -224,14 +227,7 @@ class Intake:
         back just before. ``rejection`` is set when the source itself refused the payload
         (too large, wrong media type): it is recorded.
         """
-        self._queue.put(_Delivery(payload, source, on_done, rejection, ticket))
-
-    async def submit(
-        self, payload: bytes, source: str, *, client: str = "", rejection: Rejection | None = None
-    ) -> BatchOutcome:
-        """Wait for admission, queue the payload, and wait for its commit."""
-        ticket = await self.admit(client, len(payload))
-        return await self.enqueue_and_wait(payload, source, ticket=ticket, rejection=rejection)
+        self._queue.put(_Delivery(payload, source, on_done, rejection, ticket, origin))
 
     async def enqueue_and_wait(
         self,
@@ -240,6 +236,7 @@ class Intake:
         *,
         ticket: Ticket | None,
         rejection: Rejection | None = None,
+        origin: Origin = ANY_ORIGIN,
     ) -> BatchOutcome:
         """Queue an admitted payload, and wait for its commit."""
         loop = asyncio.get_running_loop()
@@ -252,7 +249,7 @@ class Intake:
         def on_done(outcome: BatchOutcome) -> None:
             loop.call_soon_threadsafe(resolve, outcome)
 
-        self.enqueue(payload, source, on_done, ticket=ticket, rejection=rejection)
+        self.enqueue(payload, source, on_done, ticket=ticket, rejection=rejection, origin=origin)
         return await future
 
     # -- the writer ---------------------------------------------------------------------
@@ -346,7 +343,7 @@ class Intake:
             events, rejected = [], [rejection]
             counters.rejected(rejection.reason.value)
         else:
-            result = self._pipeline.run(payload)
+            result = self._pipeline.run(payload, delivery.origin)
             events, rejected = result.passed, result.rejected
         counters.received.inc(len(events) + len(rejected))
         outcome = BatchOutcome(max_results=self._ack_max_results)

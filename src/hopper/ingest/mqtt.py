@@ -12,8 +12,9 @@ import threading
 from typing import Any
 
 from hopper.config import MqttSettings
-from hopper.errors import BackendMissing
+from hopper.errors import BackendMissing, ConfigError
 from hopper.ingest.intake import BatchOutcome, Intake
+from hopper.pipeline.stage import Origin
 
 try:
     import paho.mqtt.client as mqtt
@@ -51,6 +52,15 @@ class MqttEventSource:
         if settings.username:
             password = settings.password.get_secret_value() if settings.password else None
             client.username_pw_set(settings.username, password)
+        if settings.tls or settings.tls_ca_file is not None:
+            client.tls_set(ca_certs=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+        # The topic level that names the school: the first "+" of the subscription filter.
+        levels = settings.topic.split("/")
+        self._school_level = levels.index("+") if "+" in levels else None
+        if settings.require_topic_school and self._school_level is None:
+            raise ConfigError(
+                "mqtt.require_topic_school needs a '+' level in mqtt.topic (hopper/+/events)"
+            )
         client.reconnect_delay_set(settings.reconnect_min_secs, settings.reconnect_max_secs)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -137,8 +147,16 @@ class MqttEventSource:
         if not self._stopping.is_set():
             logger.warning("MQTT disconnected (%s); reconnecting with backoff.", reason)
 
+    def _origin(self, topic: str) -> Origin:
+        if not self._settings.require_topic_school or self._school_level is None:
+            return Origin(self.source, topic)
+        levels = topic.split("/")
+        school = levels[self._school_level] if self._school_level < len(levels) else ""
+        return Origin(self.source, topic, frozenset({school}))
+
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         payload, rejection = self._intake.screen(bytes(message.payload))
+        origin = self._origin(message.topic)
         # Waiting for admission here stops reading from the broker: that is the back
         # pressure. Each topic (one per school, or per device) has its fair share.
         ticket = self._intake.admit_blocking(
@@ -167,7 +185,9 @@ class MqttEventSource:
                 self._pending_done.notify_all()
 
         try:
-            self._intake.enqueue(payload, self.source, on_done, ticket=ticket, rejection=rejection)
+            self._intake.enqueue(
+                payload, self.source, on_done, ticket=ticket, rejection=rejection, origin=origin
+            )
         except Exception:
             # An exception escaping a callback would end paho's network thread and, with
             # it, this source. Left unacknowledged, the message comes again on reconnect.

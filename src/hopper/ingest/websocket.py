@@ -24,8 +24,16 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from hopper.access import Authenticator, AuthError, Principal, Scope
+from hopper.access.authenticator import (
+    SUBPROTOCOL,
+    bearer_from_header,
+    bearer_from_subprotocols,
+)
 from hopper.events.model import WHOLE_PAYLOAD, Rejection, RejectReason
+from hopper.ingest.http import auth_error_response
 from hopper.ingest.intake import BatchOutcome, Intake
+from hopper.pipeline.stage import Origin
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,28 @@ class _Frame:
     rejection: Rejection | None
 
 
+async def accept_authenticated(
+    websocket: WebSocket, authenticator: Authenticator, scope: Scope
+) -> Principal | None:
+    """Check the token, then accept; a refused handshake gets an HTTP 401/403 answer.
+
+    The token comes in ``Authorization: Bearer`` or, from a browser (which cannot set
+    headers on a WebSocket), as the subprotocol ``hopper.bearer.<token>`` offered beside
+    ``hopper``: the server selects ``hopper`` and never echoes the token.
+    """
+    offered = list(websocket.scope.get("subprotocols") or [])
+    token = bearer_from_header(websocket.headers.get("authorization"))
+    if token is None:
+        token = bearer_from_subprotocols(offered)
+    try:
+        principal = await authenticator.authenticate(token, scope)
+    except AuthError as exc:
+        await websocket.send_denial_response(auth_error_response(exc))
+        return None
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    return principal
+
+
 class WebSocketEventReceiver:
     """Receives event batches over a WebSocket, acking each after its commit."""
 
@@ -48,6 +78,7 @@ class WebSocketEventReceiver:
     def __init__(
         self,
         intake: Intake,
+        authenticator: Authenticator,
         *,
         pending_max_bytes: int = 4 * 1024 * 1024,
         pending_max_frames: int = 256,
@@ -55,6 +86,7 @@ class WebSocketEventReceiver:
         error_raw_max_bytes: int = 4096,
     ) -> None:
         self._intake = intake
+        self._auth = authenticator
         self._pending_max_bytes = pending_max_bytes
         self._pending_max_frames = pending_max_frames
         self._retry_after = retry_after_secs
@@ -63,11 +95,15 @@ class WebSocketEventReceiver:
 
     async def handle(self, websocket: WebSocket) -> None:
         """Serve one connection."""
-        await websocket.accept()
-        await self.serve(websocket, client=_client_key(websocket))
+        principal = await accept_authenticated(websocket, self._auth, Scope.INGEST)
+        if principal is None:
+            return
+        origin = Origin(self.source, _client_key(websocket), principal.schools)
+        await self.serve(websocket, origin)
 
-    async def serve(self, websocket: WebSocket, *, client: str) -> None:
+    async def serve(self, websocket: WebSocket, origin: Origin) -> None:
         """Read frames until the client leaves; the connection is already accepted."""
+        client = origin.client
         loop = asyncio.get_running_loop()
         acks: asyncio.Queue[bytes | None] = asyncio.Queue()
         pending: deque[_Frame] = deque()
@@ -99,6 +135,7 @@ class WebSocketEventReceiver:
                         on_done,
                         ticket=ticket,
                         rejection=frame.rejection,
+                        origin=origin,
                     )
 
         admitter = asyncio.create_task(admit_in_order())

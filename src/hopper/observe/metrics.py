@@ -57,6 +57,9 @@ class HopperMetrics:
         self.errors = _Counter(
             "component_errors", "Internal errors, by type.", ["component", "error_type"], registry=r
         )
+        self.auth_failures = _Counter(
+            "auth_failures", "Requests refused for their token, by reason.", ["reason"], registry=r
+        )
         self.queue_depth = Gauge(
             "intake_queue_batches", "Batches waiting for the writer.", registry=r
         )

@@ -12,6 +12,18 @@ In_contra = TypeVar("In_contra", contravariant=True)
 Out = TypeVar("Out")
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a payload came from, and which schools its sender may write for."""
+
+    source: str = ""
+    client: str = ""
+    schools: frozenset[str] | None = None  # None: any school
+
+
+ANY_ORIGIN = Origin()
+
+
 @dataclass(slots=True)
 class StageResult(Generic[Out]):
     """What a stage made of its input: records passed on, and records refused."""
@@ -29,6 +41,6 @@ class Stage(Protocol[In_contra, Out]):
 
     name: str
 
-    def process(self, batch: Sequence[In_contra]) -> StageResult[Out]:
-        """Process one batch of records."""
+    def process(self, batch: Sequence[In_contra], origin: Origin = ANY_ORIGIN) -> StageResult[Out]:
+        """Process one batch of records that came from ``origin``."""
         ...

@@ -11,14 +11,15 @@ from hopper.errors import ConfigError
 from hopper.events.model import Event
 from hopper.events.protobuf import EVENT_TYPES
 from hopper.observe.metrics import HopperMetrics
-from hopper.pipeline.stage import Stage, StageResult
-from hopper.pipeline.stages import Decode, Dedup, Validate
+from hopper.pipeline.stage import ANY_ORIGIN, Origin, Stage, StageResult
+from hopper.pipeline.stages import Authorize, Decode, Dedup, Validate
 
 StageFactory = Callable[[HopperSettings, Clock], Stage[Any, Any]]
 
 # Every stage the config may name, in the order the edge path runs them.
 EDGE_STAGES: dict[str, StageFactory] = {
     "decode": lambda settings, clock: Decode(max_events=settings.ingest.max_batch_events),
+    "authorize": lambda settings, clock: Authorize(),
     "validate": lambda settings, clock: Validate(
         clock,
         max_event_age_secs=settings.ingest.max_event_age_secs,
@@ -36,12 +37,12 @@ class EdgePipeline:
         self.stages = list(stages)
         self._counters = [metrics.component(stage.name) for stage in self.stages]
 
-    def run(self, payload: bytes) -> StageResult[Event]:
-        """Process one payload; rejections of every stage are gathered in the result."""
+    def run(self, payload: bytes, origin: Origin = ANY_ORIGIN) -> StageResult[Event]:
+        """Process one payload from ``origin``; every stage's rejections are gathered."""
         records: list[Any] = [payload]
         rejected = []
         for stage, counters in zip(self.stages, self._counters, strict=True):
-            result = stage.process(records)
+            result = stage.process(records, origin)
             received = len(result.passed) + len(result.rejected)
             counters.received.inc(received)
             counters.sent.inc(len(result.passed))
@@ -67,6 +68,13 @@ def check_edge_topology(settings: HopperSettings) -> list[str]:
     ]
     if len(set(topology.stages)) != len(topology.stages):
         problems.append("pipeline.edge.stages: a stage is listed twice")
+    if "authorize" not in topology.stages and (
+        settings.auth.mode == "tokens" or settings.mqtt.require_topic_school
+    ):
+        problems.append(
+            "pipeline.edge.stages: 'authorize' is required when auth.mode = \"tokens\" or "
+            "mqtt.require_topic_school is set (it enforces the schools of each sender)"
+        )
     types = settings.pubsub.lp_events_types
     if types is not None:
         if not types:

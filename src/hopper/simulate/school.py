@@ -172,10 +172,11 @@ async def stream_school(
     events_per_sec: float,
     batch_size: int = 50,
     bad_share: float = 0.005,
+    token: str | None = None,
 ) -> None:
     """Stream the school's events over one WebSocket at a steady rate, until cancelled."""
     interval = batch_size / events_per_sec
-    async with WebSocketSender(url) as ws:
+    async with WebSocketSender(url, token=token) as ws:
         pending: list[int] = []
 
         async def collect() -> None:

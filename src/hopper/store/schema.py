@@ -104,6 +104,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE reader_events_errors ADD COLUMN raw_hash BYTEA",
         ),
     ),
+    Migration(
+        3,
+        "hopper_tokens: access tokens, stored as hashes",
+        sqlite=(
+            """CREATE TABLE hopper_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                secret_hash BLOB NOT NULL,
+                scopes TEXT NOT NULL,
+                schools TEXT,
+                created_ms INTEGER NOT NULL,
+                revoked_ms INTEGER
+            )""",
+        ),
+        postgres=(
+            """CREATE TABLE hopper_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                secret_hash BYTEA NOT NULL,
+                scopes TEXT NOT NULL,
+                schools TEXT,
+                created_ms BIGINT NOT NULL,
+                revoked_ms BIGINT
+            )""",
+        ),
+    ),
 )
 
 VERSION_TABLE = "hopper_schema_version"

@@ -26,7 +26,7 @@ from hopper.edge import create_app
 from hopper.edge.node import EdgeNode
 from hopper.store import open_event_store
 from hopper.store.base import StoredError
-from hopper.testing import NOW_MS, FrozenClock, make_batch
+from hopper.testing import NOW_MS, FrozenClock, bearer, create_token, make_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -73,7 +73,8 @@ class MqttEdge:
     def node(self, settings: HopperSettings | None = None) -> Iterator[TestClient]:
         """Run an edge app (its lifespan starts the MQTT thread) until subscribed."""
         app = create_app(settings or self.settings(), clock=FrozenClock(NOW_MS), run_jobs=False)
-        with TestClient(app) as client:
+        token = create_token((settings or self.settings()).store, "ingest", "stream")
+        with TestClient(app, headers=bearer(token)) as client:
             _wait_until(lambda: mqtt_status(client) == "pass", "the MQTT subscription")
             yield client
 

@@ -27,7 +27,7 @@ from hopper.events.model import Event
 from hopper.observe.metrics import HopperMetrics
 from hopper.pubsub import ChannelRoute, Channels, Publisher
 from hopper.pubsub.memory import MemoryChannels
-from hopper.testing import NOW_MS, FrozenClock, make_batch, page_view
+from hopper.testing import NOW_MS, FrozenClock, bearer, create_token, make_batch, page_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -249,7 +249,8 @@ def redis_app(tmp_path: Path) -> Iterator[tuple[TestClient, str, str]]:
         },
     )
     app = create_app(settings, clock=FrozenClock(NOW_MS), run_jobs=False)
-    with TestClient(app) as client:
+    token = create_token(settings.store, "ingest", "stream")
+    with TestClient(app, headers=bearer(token)) as client:
         yield client, protos, lp_events
 
 

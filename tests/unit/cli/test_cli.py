@@ -23,7 +23,7 @@ def test_config_check_accepts_the_defaults(tmp_path: Path) -> None:
     result = runner.invoke(app, ["config", "check"], env={"HOPPER_CONFIG": ""})
     assert result.exit_code == 0, result.output
     assert (
-        "http + websocket -> decode -> validate -> dedup -> store, protos, lp-events"
+        "http + websocket -> decode -> authorize -> validate -> dedup -> store, protos, lp-events"
         in result.output
     )
 
@@ -101,3 +101,30 @@ def test_config_check_names_an_unknown_lp_event_type(tmp_path: Path) -> None:
     result = runner.invoke(app, ["config", "check", "--config", str(config)])
     assert result.exit_code == 2
     assert "unknown event type 'pageview'" in result.output
+
+
+def test_token_create_list_revoke(tmp_path: Path) -> None:
+    env = {"HOPPER_STORE__SQLITE_PATH": str(tmp_path / "e.db")}
+    created = runner.invoke(
+        app,
+        ["token", "create", "--name", "tablets", "--scope", "ingest", "--school", "s1"],
+        env=env,
+    )
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("hop_")
+    token_id, secret = token[4:].split("_", 1)
+    listed = runner.invoke(app, ["token", "list"], env=env)
+    assert listed.exit_code == 0
+    assert token_id in listed.output and "tablets" in listed.output and "s1" in listed.output
+    assert secret not in listed.output
+    assert runner.invoke(app, ["token", "revoke", token_id], env=env).exit_code == 0
+    again = runner.invoke(app, ["token", "revoke", token_id], env=env)
+    assert again.exit_code == 1 and "no active token" in again.output
+
+
+def test_token_create_refuses_an_unknown_scope(tmp_path: Path) -> None:
+    env = {"HOPPER_STORE__SQLITE_PATH": str(tmp_path / "e.db")}
+    result = runner.invoke(app, ["token", "create", "--name", "x", "--scope", "root"], env=env)
+    assert result.exit_code == 2
+    assert "unknown scope(s) root" in result.output

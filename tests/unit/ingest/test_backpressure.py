@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from hopper.config import HopperSettings, load_settings
 from hopper.edge import create_app
-from hopper.testing import NOW_MS, FrozenClock, make_batch
+from hopper.testing import NOW_MS, FrozenClock, bearer, create_token, make_batch
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
@@ -26,7 +26,8 @@ def small_queue(tmp_path) -> HopperSettings:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def client(small_queue: HopperSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(small_queue, clock=FrozenClock(NOW_MS), run_jobs=False)) as c:
+    app = create_app(small_queue, clock=FrozenClock(NOW_MS), run_jobs=False)
+    with TestClient(app, headers=bearer(create_token(small_queue.store))) as c:
         yield c
 
 

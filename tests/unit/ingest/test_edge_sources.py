@@ -12,15 +12,15 @@ from hopper.config import HopperSettings
 from hopper.edge import create_app
 from hopper.events import encode_batch
 from hopper.store import open_event_store
-from hopper.testing import NOW_MS, FrozenClock, make_batch, page_view
+from hopper.testing import NOW_MS, FrozenClock, bearer, create_token, make_batch, page_view
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
 
 @pytest.fixture
-def client(settings: HopperSettings) -> Iterator[TestClient]:
+def client(settings: HopperSettings, token: str) -> Iterator[TestClient]:
     app = create_app(settings, clock=FrozenClock(NOW_MS), run_jobs=False)
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=bearer(token)) as test_client:
         yield test_client
 
 
@@ -89,7 +89,10 @@ def test_body_over_the_limit_is_413_and_recorded(tmp_path) -> None:  # type: ign
     from hopper.config import load_settings
 
     small = load_settings(store={"sqlite_path": tmp_path / "e.db"}, ingest={"max_body_bytes": 1000})
-    with TestClient(create_app(small, clock=FrozenClock(), run_jobs=False)) as client:
+    headers = bearer(create_token(small.store))
+    with TestClient(
+        create_app(small, clock=FrozenClock(), run_jobs=False), headers=headers
+    ) as client:
         response = client.post("/v1/events", content=make_batch(50), headers=PROTOBUF)
     assert response.status_code == 413
     assert response.json()["results"][0]["reason"] == "too_large"

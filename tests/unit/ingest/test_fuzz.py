@@ -14,7 +14,7 @@ from hopper.config import load_settings
 from hopper.edge import create_app
 from hopper.events import decode_batch, encode_batch
 from hopper.store import open_event_store
-from hopper.testing import NOW_MS, FrozenClock, page_view
+from hopper.testing import NOW_MS, FrozenClock, bearer, create_token, page_view
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 _counter = iter(range(10**9))
@@ -23,10 +23,9 @@ _counter = iter(range(10**9))
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
     path = tmp_path_factory.mktemp("fuzz") / "events.db"
-    app = create_app(
-        load_settings(store={"sqlite_path": path}), clock=FrozenClock(NOW_MS), run_jobs=False
-    )
-    with TestClient(app) as client:
+    settings = load_settings(store={"sqlite_path": path})  # auth on: tokens, as by default
+    app = create_app(settings, clock=FrozenClock(NOW_MS), run_jobs=False)
+    with TestClient(app, headers=bearer(create_token(settings.store))) as client:
         yield client, path
 
 

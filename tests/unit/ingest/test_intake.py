@@ -137,7 +137,9 @@ def test_one_payload_that_breaks_the_transaction_fails_alone(tmp_path: Path) -> 
     store.migrate()
     # Without the validate stage, an event with no payload reaches the store and violates
     # its NOT NULL event_type: the store raises, and only that payload may fail.
-    settings = load_settings(pipeline={"edge": {"stages": ["decode", "dedup"]}})
+    settings = load_settings(
+        pipeline={"edge": {"stages": ["decode", "dedup"]}}, auth={"mode": "open"}
+    )
     metrics = HopperMetrics()
     clock = FrozenClock(NOW_MS)
     publisher = Publisher(MemoryChannels(), [], metrics)
@@ -182,10 +184,10 @@ def test_a_bug_in_the_stages_fails_its_payload_alone(tmp_path: Path) -> None:
     poison = b"poison"
     run = intake._pipeline.run
 
-    def buggy_run(payload: bytes) -> object:
+    def buggy_run(payload: bytes, *args: object) -> object:
         if payload == poison:
             raise RuntimeError("a bug, not bad data")
-        return run(payload)
+        return run(payload, *args)  # type: ignore[arg-type]
 
     intake._pipeline.run = buggy_run  # type: ignore[method-assign,assignment]
     intake.start()

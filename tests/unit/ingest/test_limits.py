@@ -14,15 +14,16 @@ from hopper.edge import create_app
 from hopper.events import content_hash, encode_batch
 from hopper.events._pb import events_pb2 as pb
 from hopper.store import StoredError, open_event_store
-from hopper.testing import NOW_MS, FrozenClock, make_batch
+from hopper.testing import NOW_MS, FrozenClock, bearer, make_batch
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 EMPTY_EVENT = b"\x0a\x00"  # field 1, length 0: an Event with nothing set
 
 
 @pytest.fixture
-def client(settings: HopperSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, clock=FrozenClock(NOW_MS), run_jobs=False)) as c:
+def client(settings: HopperSettings, token: str) -> Iterator[TestClient]:
+    app = create_app(settings, clock=FrozenClock(NOW_MS), run_jobs=False)
+    with TestClient(app, headers=bearer(token)) as c:
         yield c
 
 

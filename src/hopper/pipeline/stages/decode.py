@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from hopper.events.model import Event
 from hopper.events.protobuf import decode_batch
-from hopper.pipeline.stage import StageResult
+from hopper.pipeline.stage import ANY_ORIGIN, Origin, StageResult
 
 
 class Decode:
@@ -17,7 +17,7 @@ class Decode:
     def __init__(self, *, max_events: int | None = None) -> None:
         self._max_events = max_events
 
-    def process(self, batch: Sequence[bytes]) -> StageResult[Event]:
+    def process(self, batch: Sequence[bytes], origin: Origin = ANY_ORIGIN) -> StageResult[Event]:
         """Decode every payload of the batch."""
         result: StageResult[Event] = StageResult([])
         for payload in batch:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hopper.events.model import Event, Rejection, RejectReason
-from hopper.pipeline.stage import StageResult
+from hopper.pipeline.stage import ANY_ORIGIN, Origin, StageResult
 
 
 class Dedup:
@@ -17,7 +17,7 @@ class Dedup:
 
     name = "dedup"
 
-    def process(self, batch: Sequence[Event]) -> StageResult[Event]:
+    def process(self, batch: Sequence[Event], origin: Origin = ANY_ORIGIN) -> StageResult[Event]:
         """Keep first occurrences by content key."""
         seen: set[tuple[int, bytes]] = set()
         result: StageResult[Event] = StageResult([])

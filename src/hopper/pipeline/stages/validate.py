@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from hopper.clock import Clock
 from hopper.events.model import Event, Rejection, RejectReason
-from hopper.pipeline.stage import StageResult
+from hopper.pipeline.stage import ANY_ORIGIN, Origin, StageResult
 
 
 class Validate:
@@ -19,7 +19,7 @@ class Validate:
         self._max_age_ms = max_event_age_secs * 1000
         self._max_skew_ms = max_clock_skew_secs * 1000
 
-    def process(self, batch: Sequence[Event]) -> StageResult[Event]:
+    def process(self, batch: Sequence[Event], origin: Origin = ANY_ORIGIN) -> StageResult[Event]:
         """Check each event against the rules, in the documented order."""
         now = self._clock.now_ms()
         oldest, latest = now - self._max_age_ms, now + self._max_skew_ms

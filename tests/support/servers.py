@@ -1,0 +1,89 @@
+"""Start real servers of our own for a test (loopback only), on free ports.
+
+Used by tests that need a server configured their way (a Mosquitto with a password file
+and an ACL) rather than the shared one on its standard port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.processes import free_port
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    """Return the path of a server binary; skip (or fail in CI) when it is absent."""
+    for path in (shutil.which(name), *candidates):
+        if path and os.access(path, os.X_OK):
+            return path
+    message = f"{name} is not installed (scripts/services installs it)"
+    if os.environ.get("HOPPER_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + "; HOPPER_REQUIRE_SERVICES=1 forbids skipping")
+    pytest.skip(message)
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Wait until something listens on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+        time.sleep(0.05)
+
+
+@dataclass
+class Mosquitto:
+    """A Mosquitto broker of this test's own."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextlib.contextmanager
+def mosquitto(directory: Path, *, users: Mapping[str, str], acl: str) -> Iterator[Mosquitto]:
+    """Run a broker that needs a username and password and enforces ``acl``."""
+    broker = require_binary("mosquitto", "/usr/sbin/mosquitto")
+    passwd = require_binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+    password_file = directory / "passwords"
+    password_file.touch()
+    for user, password in users.items():
+        subprocess.run(  # noqa: S603 - a test's own broker tool
+            [passwd, "-b", str(password_file), user, password], check=True, capture_output=True
+        )
+    password_file.chmod(0o600)
+    acl_file = directory / "acl"
+    acl_file.write_text(acl)
+    acl_file.chmod(0o600)
+    port = free_port()
+    config = directory / "mosquitto.conf"
+    # Started as root, Mosquitto drops to user "mosquitto", who cannot read this test's
+    # files: stay the user who runs the tests.
+    stay = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {password_file}\n"
+        f"acl_file {acl_file}\npersistence false\n{stay}"
+    )
+    log = directory / "mosquitto.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603
+            [broker, "-c", str(config), "-v"], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_port(port)
+        yield Mosquitto(port, process, log)
+    finally:
+        process.terminate()
+        process.wait(10)
