@@ -37,7 +37,8 @@ from websockets.exceptions import WebSocketException
 
 from hopper.client import MqttSender, WebSocketSender, encode_batch
 from hopper.events import content_hash
-from hopper.testing import page_view
+from hopper.config import load_settings
+from hopper.testing import create_token, page_view
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -114,6 +115,7 @@ class WebSocketStream:
     url: str
     events: EventSource
     beat: Beat
+    token: str
     acked: set[int] = field(default_factory=set)
     sends: Counter[int] = field(default_factory=Counter)
     connections: int = 0
@@ -138,7 +140,8 @@ class WebSocketStream:
         delay = 0.05
         while not (stop.is_set() and self.all_acked):
             try:
-                ws = await asyncio.wait_for(WebSocketSender(self.url).__aenter__(), 5.0)
+                sender = WebSocketSender(self.url, token=self.token)
+                ws = await asyncio.wait_for(sender.__aenter__(), 5.0)
             except (OSError, TimeoutError, EOFError, WebSocketException):
                 await asyncio.sleep(delay)  # the server is down or restarting
                 delay = min(delay * 2, 0.5)
@@ -250,10 +253,11 @@ class MqttTally:
     received: int = 0
     stored: int = 0
 
-    def scrape(self, server: HopperProcess) -> None:
+    def scrape(self, server: HopperProcess, token: str) -> None:
         """Add this server life's counters (best effort: only reported, never asserted)."""
         try:
-            text = httpx.get(f"{server.base_url}/metrics", timeout=1.0).text
+            headers = {"authorization": f"Bearer {token}"}
+            text = httpx.get(f"{server.base_url}/metrics", timeout=1.0, headers=headers).text
         except httpx.HTTPError:
             return
         for name, attr in (("received", "received"), ("sent", "stored")):
@@ -274,7 +278,7 @@ async def _kill_at_random(
     unacked = []
     for _ in range(kills):
         await asyncio.sleep(rng.uniform(*KILL_INTERVAL_S))
-        await asyncio.to_thread(tally.scrape, server)
+        await asyncio.to_thread(tally.scrape, server, ws.token)
         await beat.wait()
         await asyncio.sleep(rng.uniform(*KILL_JITTER_S))
         server.kill()
@@ -383,10 +387,14 @@ def test_acknowledged_events_are_stored_exactly_once_across_sigkills(
         },
     )
     server = HopperProcess(config, port, tmp_path / "hopper.log")
+    # Auth on, as by default: the devices and the metrics scrape use a token.
+    token = create_token(
+        load_settings(store={"sqlite_path": db}).store, "ingest", "metrics", name="crash"
+    )
     base_ms = time.time_ns() // 1_000_000
     beat = Beat()
     ws = WebSocketStream(
-        f"{server.ws_url}/v1/events/ws", EventSource("ws", WS_BATCH_EVENTS, base_ms), beat
+        f"{server.ws_url}/v1/events/ws", EventSource("ws", WS_BATCH_EVENTS, base_ms), beat, token
     )
     publisher = MqttSender(
         MQTT_HOST, MQTT_PORT, topic=topic.replace("+", "tablet-1"), client_id=f"{client_id}-pub"
@@ -424,7 +432,7 @@ def test_acknowledged_events_are_stored_exactly_once_across_sigkills(
             unacked_at_kills = asyncio.run(scenario())
             not_acked_by_broker = mqtt_stream.wait_broker_acks(DRAIN_TIMEOUT_S)
             _wait_stored(db, mqtt_stream.events, DRAIN_TIMEOUT_S)
-            tally.scrape(server)
+            tally.scrape(server, ws.token)
             exit_code = server.stop()
         finally:
             publisher.close()
@@ -454,6 +462,7 @@ def test_acknowledged_events_are_stored_exactly_once_across_sigkills(
         assert exit_code in (0, -signal.SIGTERM), f"graceful stop exited {exit_code}; {context}"
         assert not ws.problems, f"{ws.problems[:5]}; {context}"
         assert ws.all_acked, context
+        assert len(ws.events.hashes) > 1000, f"the WebSocket stream barely ran; {context}"
         assert ws.accepted + ws.duplicates == len(ws.events.hashes), context
         assert not not_acked_by_broker, f"broker never acked {not_acked_by_broker}; {context}"
         expected = set(ws.events.hashes) | set(mqtt_stream.events.hashes)
