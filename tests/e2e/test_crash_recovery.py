@@ -36,8 +36,8 @@ from support.processes import HopperProcess, free_port, write_config
 from websockets.exceptions import WebSocketException
 
 from hopper.client import MqttSender, WebSocketSender, encode_batch
-from hopper.events import content_hash
 from hopper.config import load_settings
+from hopper.events import content_hash
 from hopper.testing import create_token, page_view
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
