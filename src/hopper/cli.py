@@ -21,12 +21,18 @@ from rich.console import Console
 from rich.text import Text
 
 from hopper.config import HopperSettings, load_settings
+from hopper.edge.server import uvicorn_config
 from hopper.errors import HopperError
 
 if TYPE_CHECKING:
     from hopper.store.tokens import TokenStore
 
-app = typer.Typer(help="Hopper: telemetry and learning analytics for education apps.")
+# No pretty tracebacks: they print local variables, settings and secrets among them;
+# main() prints a redacted traceback instead.
+app = typer.Typer(
+    help="Hopper: telemetry and learning analytics for education apps.",
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Inspect and check the configuration.")
 app.add_typer(config_app, name="config")
 token_app = typer.Typer(help="Create, list and revoke access tokens (stored hashed).")
@@ -55,24 +61,6 @@ def _settings(config: Path | None, **overrides: Any) -> HopperSettings:
         raise typer.Exit(2) from exc
 
 
-def _uvicorn_config(app_: Any, settings: HopperSettings) -> uvicorn.Config:
-    return uvicorn.Config(
-        app_,
-        host=settings.server.host,
-        port=settings.server.port,
-        ws="websockets-sansio",
-        # Frames up to twice the limit reach Hopper, which records them as too_large;
-        # larger ones are cut off by the server (close code 1009) before they are read.
-        ws_max_size=2 * settings.ingest.max_body_bytes,
-        http="httptools",
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        log_config=None,
-    )
-
-
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -97,7 +85,7 @@ def serve(
     logger.info(
         "Hopper edge listening on http://%s:%d.", settings.server.host, settings.server.port
     )
-    uvicorn.Server(_uvicorn_config(application, settings)).run()
+    uvicorn.Server(uvicorn_config(application, settings, application.state.guard)).run()
 
 
 @app.command()
@@ -125,7 +113,7 @@ def demo(
         store={"backend": "sqlite", "sqlite_path": directory / "events.db"},
     )
     application = create_app(settings)
-    server = uvicorn.Server(_uvicorn_config(application, settings))
+    server = uvicorn.Server(uvicorn_config(application, settings, application.state.guard))
     # Auth stays on in the demo, as everywhere: the demo makes its own token.
     token = _demo_token(settings)
     examples = _write_demo_events(directory / "my-events.jsonl")
@@ -558,4 +546,12 @@ def _iso(ms: int) -> str:
 
 def main() -> None:
     """Entry point of the ``hopper`` script."""
-    app()
+    try:
+        app()
+    except Exception:  # noqa: BLE001 - a bug: show it, but never a secret it may quote
+        import traceback
+
+        from hopper.observe.logs import redact
+
+        console.print(Text(redact(traceback.format_exc())), soft_wrap=True)
+        sys.exit(1)

@@ -28,6 +28,17 @@ class ServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8470, ge=0, le=65535)
+    # Open connections, HTTP and WebSocket together; one more is answered 503 and closed.
+    max_connections: int = Field(1000, gt=0)
+    # A request's headers must arrive within this time (slow-header connections are closed).
+    header_timeout_secs: float = Field(10.0, gt=0)
+    # An HTTP request body must arrive within this time, else 408.
+    body_timeout_secs: float = Field(30.0, gt=0)
+    # A larger WebSocket frame closes its connection (1009) before Hopper reads it; frames
+    # between ingest.max_body_bytes and this are read and recorded as too_large.
+    max_websocket_frame_bytes: int = Field(8 * MIB, gt=0)
+    # Live stream consumers at once (/v1/stream/*); one more is refused with 503.
+    max_stream_subscribers: int = Field(64, gt=0)
 
 
 class StoreSettings(BaseModel):
@@ -39,6 +50,8 @@ class StoreSettings(BaseModel):
     # synchronous=NORMAL in WAL mode survives process crashes (SIGKILL) without loss;
     # FULL also survives power loss at the price of an fsync per commit.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # /health warns when the SQLite store's volume has less free space than this.
+    min_free_disk_bytes: int = Field(1024 * MIB, ge=0)
 
 
 class IngestSettings(BaseModel):

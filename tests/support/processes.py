@@ -70,6 +70,12 @@ class HopperProcess:
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("HOPPER_")}
 
     @property
+    def pid(self) -> int:
+        """Return the server's process id."""
+        assert self._proc is not None, "the server was never started"
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         """Tell whether the process is alive."""
         return self._proc is not None and self._proc.poll() is None

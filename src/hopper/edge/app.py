@@ -83,6 +83,7 @@ def create_app(
             max_body_bytes=settings.ingest.max_body_bytes,
             retry_after_secs=settings.ingest.retry_after_secs,
             admission_wait_secs=settings.ingest.http_admission_wait_secs,
+            body_timeout_secs=settings.server.body_timeout_secs,
             ack_timeout_secs=settings.ingest.http_ack_timeout_secs,
             error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
         )
@@ -99,4 +100,5 @@ def create_app(
         routes.append(WebSocketRoute("/v1/events/ws", ws_receiver.handle))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.node = node
+    app.state.guard = node.guard
     return app

@@ -34,6 +34,15 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
             backend=node.channels.backend,
         ),
     }
+    free = await asyncio.to_thread(node.free_disk_bytes)
+    minimum = node.settings.store.min_free_disk_bytes
+    checks["disk"] = _check(
+        None
+        if free is None or free >= minimum
+        else f"{free} bytes free on the store's volume, under store.min_free_disk_bytes",
+        failure="warn",
+        free_bytes=free,
+    )
     if node.mqtt is not None:
         checks["mqtt"] = _check(
             None if node.mqtt.is_connected else "not connected to the MQTT broker",
@@ -51,6 +60,9 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
         "mqtt_ok": int(checks["mqtt"]["status"] == "pass") if "mqtt" in checks else None,
         "queue_depth": intake.depth,
         "queue_capacity": intake.capacity,
+        "queue_bytes": intake.admission.bytes,
+        "disk_free_bytes": free,
+        "connections_open": node.guard.open_connections,
         "last_commit_age_s": None if last_commit is None else round((now - last_commit) / 1000, 3),
         "checks": checks,
     }

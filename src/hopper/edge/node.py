@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from typing import TYPE_CHECKING
 
 from hopper.access import Authenticator
 from hopper.clock import Clock, SystemClock
 from hopper.config import HopperSettings
+from hopper.edge.server import ConnectionGuard
 from hopper.errors import HopperError
 from hopper.ingest.intake import Intake
 from hopper.observe.metrics import HopperMetrics
@@ -55,6 +57,8 @@ class EdgeNode:
             ack_max_results=settings.ingest.ack_max_results,
         )
         self.authenticator = Authenticator(settings.auth, settings.store, self.metrics)
+        self.guard = ConnectionGuard(settings, self.metrics)  # limits of the HTTP server
+        self.stream_subscribers = 0  # open /v1/stream connections (event loop only)
         self.mqtt: MqttEventSource | None = None
         if "mqtt" in topology.sources:
             from hopper.ingest.mqtt import MqttEventSource
@@ -125,6 +129,15 @@ class EdgeNode:
                 self._probe_store = None
                 return str(exc)
         return None
+
+    def free_disk_bytes(self) -> int | None:
+        """Return the free space of the store's volume (None: the store is a server)."""
+        if self.settings.store.backend != "sqlite":
+            return None
+        try:
+            return shutil.disk_usage(self.settings.store.sqlite_path.parent).free
+        except OSError:
+            return None
 
     def ping_channels(self) -> str | None:
         """Return None if the channels answer, else the error."""

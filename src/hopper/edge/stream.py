@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Callable
 
 import orjson
 from google.protobuf.message import DecodeError
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hopper.access import Scope
@@ -46,6 +47,25 @@ async def stream_channel(websocket: WebSocket) -> None:
     """Relay one channel: binary frames for ``protos``, text (JSON) frames for ``lp-events``."""
     node: EdgeNode = websocket.app.state.node
     channel = websocket.path_params["channel"]
+    limit = node.settings.server.max_stream_subscribers
+    if node.stream_subscribers >= limit:
+        node.metrics.connections_refused.labels(reason="max_stream_subscribers").inc()
+        await websocket.send_denial_response(
+            JSONResponse(
+                {"error": f"{limit} stream subscribers already (server.max_stream_subscribers)"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        )
+        return
+    node.stream_subscribers += 1  # counted from here: the token check may wait
+    try:
+        await _serve_stream(websocket, node, channel)
+    finally:
+        node.stream_subscribers -= 1
+
+
+async def _serve_stream(websocket: WebSocket, node: EdgeNode, channel: str) -> None:
     principal = await accept_authenticated(websocket, node.authenticator, Scope.STREAM)
     if principal is None:
         return

@@ -62,6 +62,7 @@ class HttpEventReceiver:
         max_body_bytes: int,
         retry_after_secs: int,
         admission_wait_secs: float = 2.0,
+        body_timeout_secs: float = 30.0,
         ack_timeout_secs: float = 30.0,
         error_raw_max_bytes: int = 4096,
     ) -> None:
@@ -70,6 +71,7 @@ class HttpEventReceiver:
         self._max_body = max_body_bytes
         self._retry_after = retry_after_secs
         self._admission_wait = admission_wait_secs
+        self._body_timeout = body_timeout_secs
         self._ack_timeout = ack_timeout_secs
         self._kept = error_raw_max_bytes
 
@@ -87,7 +89,16 @@ class HttpEventReceiver:
             return auth_error_response(exc)
         client = client_key(request)
         origin = Origin(self.source, client, principal.schools)
-        body, rejection = await self._read_body(request)
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                body, rejection = await self._read_body(request)
+        except TimeoutError:
+            self._intake.count_refused("body_timeout")
+            return JSONResponse(
+                {"error": f"the body did not arrive within {self._body_timeout:g} s"},
+                status_code=408,
+                headers={"connection": "close"},
+            )
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         status = 200
         if rejection is not None:

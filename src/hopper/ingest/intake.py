@@ -203,6 +203,10 @@ class Intake:
         self._metrics.queue_depth.set(self.admission.payloads)
         self._metrics.queue_bytes.set(self.admission.bytes)
 
+    def count_refused(self, reason: str) -> None:
+        """Count a request a source refused at the edge of the process (a limit)."""
+        self._metrics.connections_refused.labels(reason=reason).inc()
+
     def _admitted(self, ticket: Ticket | None) -> Ticket | None:
         if ticket is not None:
             self._metrics.queue_depth.set(self.admission.payloads)

@@ -57,6 +57,15 @@ class HopperMetrics:
         self.errors = _Counter(
             "component_errors", "Internal errors, by type.", ["component", "error_type"], registry=r
         )
+        self.connections_open = Gauge(
+            "connections_open", "HTTP and WebSocket connections open.", registry=r
+        )
+        self.connections_refused = _Counter(
+            "connections_refused",
+            "Connections and requests refused or closed by a limit, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.auth_failures = _Counter(
             "auth_failures", "Requests refused for their token, by reason.", ["reason"], registry=r
         )

@@ -128,3 +128,19 @@ def test_token_create_refuses_an_unknown_scope(tmp_path: Path) -> None:
     result = runner.invoke(app, ["token", "create", "--name", "x", "--scope", "root"], env=env)
     assert result.exit_code == 2
     assert "unknown scope(s) root" in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://hopper:s3cret@[::1/test",  # malformed: quoted back by libpq
+        "postgresql://:s3cret@127.0.0.1:1/test",  # no user name
+        "host=127.0.0.1 port=1 user=hopper password=s3cret",  # key=value form
+    ],
+)
+def test_start_up_errors_never_print_the_password(url: str) -> None:
+    env = {"HOPPER_STORE__BACKEND": "postgres", "HOPPER_STORE__POSTGRES_URL": url}
+    result = runner.invoke(app, ["serve", "--port", "0"], env=env)
+    assert result.exit_code == 2
+    assert "error:" in result.output
+    assert "s3cret" not in result.output
