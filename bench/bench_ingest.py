@@ -44,7 +44,8 @@ from typing import Any
 import httpx
 import seed
 
-from hopper.client import MqttSender, WebSocketSender
+from hopper.access import Scope, create_token
+from hopper.client import MqttSender, WebSocketSender, auth_headers
 from hopper.clock import SystemClock
 from hopper.config import HopperSettings, StoreSettings
 from hopper.events._pb import events_pb2 as pb
@@ -361,7 +362,10 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
 class Server:
     """``hopper serve`` in a subprocess, with its output in a log file."""
 
-    def __init__(self, config: Path, log_path: Path, port: int, src: Path | None) -> None:
+    def __init__(
+        self, config: Path, log_path: Path, port: int, src: Path | None, token: str | None
+    ) -> None:
+        self.token = token
         self.base_url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}/v1/events/ws"
         self.log_path = log_path
@@ -400,7 +404,9 @@ class Server:
         }
         totals = dict.fromkeys(wanted.values(), 0.0)
         with contextlib.suppress(httpx.HTTPError):
-            text = httpx.get(f"{self.base_url}/metrics", timeout=5).text
+            text = httpx.get(
+                f"{self.base_url}/metrics", timeout=5, headers=auth_headers(self.token)
+            ).text
             for line in text.splitlines():
                 name, _, value = line.partition(" ")
                 if name in wanted:
@@ -649,6 +655,7 @@ async def websocket_phase(
     connections: int,
     window: int,
     rate: float | None = None,
+    token: str | None = None,
 ) -> Phase:
     """Send batches over WebSocket connections: as fast as acks allow, or paced at ``rate``."""
     n = len(batches)
@@ -658,7 +665,7 @@ async def websocket_phase(
     async with contextlib.AsyncExitStack() as stack:
         senders = [
             await stack.enter_async_context(
-                WebSocketSender(url, max_in_flight=window if rate is None else 100_000)
+                WebSocketSender(url, token=token, max_in_flight=window if rate is None else 100_000)
             )
             for _ in range(connections)
         ]
@@ -751,6 +758,7 @@ def mqtt_phase(
     duration: float,
     window: int,
     rate: float | None = None,
+    token: str | None = None,
 ) -> Phase:
     """Publish batches with QoS 1: as fast as commits allow (a window), or paced at ``rate``."""
     n = len(batches)
@@ -936,8 +944,18 @@ class StoreBench:
         log(f"{label}: building {count * BATCH_EVENTS:,} events for the throughput phase")
         probe = self.stamper.batches(1)
         throughput_batches = self.stamper.batches(count)
-        server = Server(config_path, opts.run_dir / f"{label}-server.log", port, opts.server_src)
-        result: dict[str, Any] = {"store": self.kind, "transport": transport}
+        # Auth on (the default) wherever the server has it: every client uses a token.
+        server_tree = opts.server_src or Path(__file__).resolve().parents[1] / "src"
+        token = None
+        if (server_tree / "hopper" / "access").is_dir():
+            scopes = (Scope.INGEST, Scope.METRICS)
+            token = create_token(settings, "bench", scopes, None, now_ms()).token
+        result_auth = "tokens" if token else "none (server without auth)"
+        log(f"{label}: auth {result_auth}")
+        server = Server(
+            config_path, opts.run_dir / f"{label}-server.log", port, opts.server_src, token
+        )
+        result: dict[str, Any] = {"store": self.kind, "transport": transport, "auth": result_auth}
         sender: MqttSender | None = None
         watcher: CommitWatcher | None = None
         try:
@@ -956,7 +974,7 @@ class StoreBench:
             else:
                 asyncio.run(
                     websocket_phase("probe", server.ws_url, probe, duration=30, connections=1,
-                                    window=1)
+                                    window=1, token=token)
                 )  # fmt: skip
             throughput = self._phase(
                 "throughput", transport, server, throughput_batches, sender, watcher, None
@@ -1041,6 +1059,7 @@ class StoreBench:
                     connections=opts.connections,
                     window=opts.window,
                     rate=rate,
+                    token=server.token,
                 )
             )
         else:

@@ -243,6 +243,7 @@ class MqttSender:
         client_id: str = "",
         username: str | None = None,
         password: str | None = None,
+        tls_ca_file: str | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -255,6 +256,8 @@ class MqttSender:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        if tls_ca_file is not None:
+            self._client.tls_set(ca_certs=tls_ca_file)
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.connect(host, port)

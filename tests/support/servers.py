@@ -52,9 +52,31 @@ class Mosquitto:
     log: Path
 
 
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """Make a throw-away CA and a certificate for 127.0.0.1; return (ca, cert, key)."""
+    openssl = require_binary("openssl")
+    ca_key, ca, key, csr, cert = (
+        directory / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in (
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+         "-out", str(ca), "-days", "1", "-subj", "/CN=hopper-test-ca"],
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+         "-subj", "/CN=127.0.0.1"],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext)],
+    ):  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True)  # noqa: S603
+    return ca, cert, key
+
+
 @contextlib.contextmanager
-def mosquitto(directory: Path, *, users: Mapping[str, str], acl: str) -> Iterator[Mosquitto]:
-    """Run a broker that needs a username and password and enforces ``acl``."""
+def mosquitto(
+    directory: Path, *, users: Mapping[str, str], acl: str, tls: bool = False
+) -> Iterator[Mosquitto]:
+    """Run a broker that needs a username and password and enforces ``acl`` (TLS too)."""
     broker = require_binary("mosquitto", "/usr/sbin/mosquitto")
     passwd = require_binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
     password_file = directory / "passwords"
@@ -72,9 +94,13 @@ def mosquitto(directory: Path, *, users: Mapping[str, str], acl: str) -> Iterato
     # Started as root, Mosquitto drops to user "mosquitto", who cannot read this test's
     # files: stay the user who runs the tests.
     stay = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    tls_lines = ""
+    if tls:
+        ca, cert, key = make_tls_files(directory)
+        tls_lines = f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
     config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {password_file}\n"
-        f"acl_file {acl_file}\npersistence false\n{stay}"
+        f"listener {port} 127.0.0.1\n{tls_lines}allow_anonymous false\n"
+        f"password_file {password_file}\nacl_file {acl_file}\npersistence false\n{stay}"
     )
     log = directory / "mosquitto.log"
     with log.open("wb") as out:

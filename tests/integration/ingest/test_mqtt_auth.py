@@ -132,3 +132,38 @@ def test_a_wrong_broker_password_is_reported_by_health(tmp_path: Path, broker: M
         check = client.get("/health").json()["checks"]["mqtt"]
     assert check["status"] == "warn"
     assert "wrong" not in str(check)
+
+
+def test_hopper_reaches_the_broker_over_tls(tmp_path: Path) -> None:
+    with mosquitto(tmp_path, users=USERS, acl=ACL, tls=True) as broker:
+        settings = _settings(tmp_path, broker)
+        settings.mqtt.tls_ca_file = tmp_path / "ca.crt"
+        app = create_app(settings, clock=FrozenClock(NOW_MS), run_jobs=False)
+        with TestClient(app) as client:
+            _wait(lambda: _mqtt_ok(client), "Hopper's subscription over TLS")
+            school_a = MqttSender(
+                port=broker.port,
+                topic="hopper/school-a/events",
+                client_id="tablet-a-tls",
+                username="school-a",
+                password="a-secret",
+                tls_ca_file=str(tmp_path / "ca.crt"),
+            )
+            try:
+                school_a.publish_all([_batch("school-a", 1)])
+                _wait(lambda: _count(settings, "reader_events") == 1, "the event over TLS")
+            finally:
+                school_a.close()
+
+
+# paho drops the socket of a failed TLS handshake without closing it (its reconnect loop
+# opens the next one): the ResourceWarning is paho's, not Hopper's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_hopper_refuses_a_broker_it_cannot_verify(tmp_path: Path) -> None:
+    with mosquitto(tmp_path, users=USERS, acl=ACL, tls=True) as broker:
+        settings = _settings(tmp_path, broker)
+        settings.mqtt.tls = True  # the system's CAs: they did not sign this broker
+        app = create_app(settings, clock=FrozenClock(NOW_MS), run_jobs=False)
+        with TestClient(app) as client:
+            time.sleep(1.5)
+            assert client.get("/health").json()["checks"]["mqtt"]["status"] == "warn"
