@@ -26,6 +26,7 @@ SERVICES = {
     "postgres": ("127.0.0.1", 5432),
     "redis": ("127.0.0.1", 6379),
     "mosquitto": (MQTT_HOST, MQTT_PORT),
+    "nats": ("127.0.0.1", 4222),
 }
 
 

@@ -380,6 +380,30 @@ def migrate(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def worker(
+    name: Annotated[str, typer.Argument(help="The topology to run: pipeline.NAME.")],
+    config: ConfigOption = None,
+) -> None:
+    """Run a topology fed by topics, as one member of their consumer groups, until stopped."""
+    import threading
+
+    from hopper.observe.logs import configure_logging
+    from hopper.worker import Worker
+
+    settings = _settings(config)
+    configure_logging(settings.log.level, settings.log.format)
+    try:
+        running = Worker(settings, name)
+    except HopperError as exc:
+        _error(exc)
+        raise typer.Exit(2) from exc
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    running.run_until(stop)
+
+
+@app.command()
 def job(
     name: Annotated[str, typer.Argument(help="Job to run once, e.g. purge-errors.")],
     config: ConfigOption = None,
@@ -397,21 +421,24 @@ def job(
 
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
-    """Validate the settings and the declared topology; exit 2 when something is wrong."""
-    from hopper.pipeline import check_edge_topology
+    """Validate the settings and the declared topologies; exit 2 when something is wrong."""
+    from hopper.pipeline import check_topologies
 
     settings = _settings(config)
-    problems = check_edge_topology(settings)
+    problems = check_topologies(settings)
     missing = _missing_backends(settings)
     for problem in problems + missing:
         _error(problem)
     if problems or missing:
         raise typer.Exit(2)
-    edge = settings.pipeline.edge
+    for name, topology in settings.pipeline.topologies().items():
+        typer.echo(
+            f"OK: {name} topology {' + '.join(topology.sources)} -> "
+            f"{' -> '.join(topology.stages)} -> {', '.join(topology.sinks)}"
+        )
     typer.echo(
-        f"OK: edge topology {' + '.join(edge.sources)} -> {' -> '.join(edge.stages)} -> "
-        f"{', '.join(edge.sinks)}; store {settings.store.backend}, channels "
-        f"{settings.pubsub.backend}, auth {settings.auth.mode}."
+        f"OK: store {settings.store.backend}, channels {settings.pubsub.backend}, topics "
+        f"{settings.topics.backend}, auth {settings.auth.mode}."
     )
 
 
@@ -430,8 +457,15 @@ def _missing_backends(settings: HopperSettings) -> list[str]:
         needs.append(("psycopg", "postgres"))
     if settings.pubsub.backend == "redis":
         needs.append(("redis", "redis"))
-    if "mqtt" in settings.pipeline.edge.sources:
+    sources = {s for t in settings.pipeline.topologies().values() for s in t.sources}
+    sinks = {s for t in settings.pipeline.topologies().values() for s in t.sinks}
+    if "mqtt" in sources:
         needs.append(("paho", "mqtt"))
+    if any(c.startswith("topic:") for c in sources | sinks):
+        if settings.topics.backend == "kafka":
+            needs.append(("confluent_kafka", "kafka"))
+        elif settings.topics.backend == "nats":
+            needs.append(("nats", "nats"))
     return [
         f"{extra} backend needs {module}: pip install 'hopper[{extra}]'"
         for module, extra in needs

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -128,28 +128,83 @@ class RetentionSettings(BaseModel):
     purge_interval_secs: int = Field(3600, gt=0)
 
 
-class EdgeTopology(BaseModel):
-    """The edge ingest path: sources feed a chain of stages that fan out to sinks."""
+class TopologySettings(BaseModel):
+    """One topology: its sources feed a chain of named stages that fans out to sinks.
 
-    sources: list[Literal["http", "websocket", "mqtt"]] = ["http", "websocket"]
-    stages: list[str] = ["decode", "authorize", "validate", "dedup"]
-    sinks: list[str] = ["store", "protos", "lp-events"]
+    Sources: ``http``, ``websocket``, ``mqtt`` (served by ``hopper serve``) or
+    ``topic:NAME`` (a consumer group, run by ``hopper worker``). Sinks: ``store``,
+    ``topic:NAME`` (durable), ``protos``, ``lp-events`` (live). Checked by
+    ``hopper.pipeline.check_topologies`` (``hopper config check``).
+    """
 
-    @model_validator(mode="after")
-    def _check_shape(self) -> EdgeTopology:
-        if not self.sources:
-            raise ValueError("pipeline.edge.sources: list at least one source")
-        if not self.stages or self.stages[0] != "decode":
-            raise ValueError("pipeline.edge.stages: the first stage must be 'decode'")
-        if "store" not in self.sinks:
-            raise ValueError("pipeline.edge.sinks: 'store' (the durable sink) is required")
-        return self
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(min_length=1)
+    stages: list[str] = Field(min_length=1)
+    sinks: list[str] = Field(min_length=1)
+    # The consumer group of this topology's topic sources (default: the topology's name).
+    group: str | None = None
+
+
+class EdgeTopologySettings(TopologySettings):
+    """The edge topology: the same fields, with the edge node's defaults."""
+
+    sources: list[str] = Field(["http", "websocket"], min_length=1)
+    stages: list[str] = Field(["decode", "authorize", "validate", "dedup"], min_length=1)
+    sinks: list[str] = Field(["store", "protos", "lp-events"], min_length=1)
 
 
 class PipelineSettings(BaseModel):
-    """Topologies declared in the config."""
+    """Topologies declared in the config: ``[pipeline.NAME]``; ``edge`` is the default one."""
 
-    edge: EdgeTopology = EdgeTopology()
+    model_config = ConfigDict(extra="allow")
+
+    edge: EdgeTopologySettings = EdgeTopologySettings()
+
+    @model_validator(mode="after")
+    def _extra_topologies(self) -> PipelineSettings:
+        extra = self.__pydantic_extra__ or {}
+        for name, value in list(extra.items()):
+            if not isinstance(value, TopologySettings):
+                extra[name] = TopologySettings.model_validate(value)
+        return self
+
+    def topologies(self) -> dict[str, TopologySettings]:
+        """Return every declared topology by name, ``edge`` first."""
+        extra = {k: v for k, v in (self.__pydantic_extra__ or {}).items()}
+        return {"edge": self.edge, **extra}
+
+
+class TopicSettings(BaseModel):
+    """Durable topics between topologies and processes."""
+
+    backend: Literal["sqlite", "kafka", "nats"] = "sqlite"
+    # The embedded log's file (backend "sqlite").
+    sqlite_path: Path = Path("hopper-data/topics.db")
+    # NORMAL (WAL) survives a process crash; FULL also a power loss, with an fsync a commit.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # Kafka brokers, host:port[,host:port] (backend "kafka").
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Replicas of each partition of a topic Hopper creates on Kafka (3 on a real cluster).
+    kafka_replication_factor: int = Field(1, gt=0)
+    # NATS server with JetStream (backend "nats"); credentials may be in the URL.
+    nats_url: SecretStr = SecretStr("nats://127.0.0.1:4222")
+    # First token of subjects, and prefix of stream and bucket names, on a shared NATS.
+    nats_prefix: str = Field("hopper", pattern=r"^[A-Za-z0-9-]{1,32}$")
+    # Replicas of each stream and bucket Hopper creates on NATS (3 on a cluster).
+    nats_replicas: int = Field(1, gt=0)
+    # Partitions of a topic Hopper creates; records with the same key share one.
+    partitions: int = Field(4, gt=0)
+    # Records older than this are removed.
+    retention_secs: int = Field(7 * DAY_SECS, gt=0)
+    # A group member that has not polled for this long loses its partitions to the others.
+    session_timeout_secs: float = Field(10.0, gt=0)
+    # A server call not answered within this raises BackendUnavailable.
+    request_timeout_secs: float = Field(10.0, gt=0)
+    # A record (key + value) larger than this is refused before anything is sent.
+    max_record_bytes: int = Field(1_000_000, gt=0)
+    # Topics read or written by another process (another node, a worker elsewhere).
+    external: list[str] = []
 
 
 class AuthSettings(BaseModel):
@@ -184,6 +239,7 @@ class HopperSettings(BaseSettings):
     pubsub: PubsubSettings = PubsubSettings()
     retention: RetentionSettings = RetentionSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    topics: TopicSettings = TopicSettings()
     auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
 

@@ -1,16 +1,29 @@
-"""Test helpers shipped with Hopper: a frozen clock, event/batch builders, tokens (no fakes)."""
+"""Test helpers shipped with Hopper: a frozen clock, builders, tokens, list source and sink.
+
+No fakes of servers: the list source and sink are real components of a topology that keep
+their input and output in memory, so a topology test reads like bytewax's::
+
+    outcomes, (out,) = run_topology(["decode", "validate"], [make_batch(3)])
+    assert len(out.events) == 3
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hopper.client import make_event
 from hopper.events._pb import events_pb2 as pb
+from hopper.events.model import Event, Rejection
 from hopper.events.protobuf import encode_batch
+from hopper.sinks.base import PendingWrite
 
 if TYPE_CHECKING:
-    from hopper.config import StoreSettings
+    from hopper.clock import Clock
+    from hopper.config import HopperSettings, StoreSettings
+    from hopper.ingest.base import BatchOutcome
+    from hopper.ingest.intake import Intake
+    from hopper.sinks.base import DurableSink
 
 NOW_MS = 1_790_000_000_000  # 2026-09-21, a fixed "now" for tests
 
@@ -73,3 +86,92 @@ def make_batch(count: int, *, start: int = 0, app_time_ms: int = NOW_MS) -> byte
     return encode_batch(
         page_view(n, app_time_ms=app_time_ms + n) for n in range(start, start + count)
     )
+
+
+class ListSink:
+    """A durable sink that keeps what it is given in memory (a test's output).
+
+    With ``dedup`` it stores each event once by its content key, as the event store does.
+    """
+
+    commit_waits_on_server = False
+
+    def __init__(self, name: str = "list-sink", *, dedup: bool = False) -> None:
+        self.name = name
+        self.events: list[Event] = []
+        self.rejections: list[Rejection] = []
+        self._dedup = dedup
+        self._keys: set[tuple[int, bytes]] = set()
+
+    def commit(self, writes: Sequence[PendingWrite]) -> list[list[Event]]:
+        """Keep every write's events (and rejections); return those new to this sink."""
+        stored = []
+        for write in writes:
+            new = []
+            for event in write.events:
+                if self._dedup and event.dedup_key in self._keys:
+                    continue
+                self._keys.add(event.dedup_key)
+                new.append(event)
+            self.events += new
+            self.rejections += write.rejections
+            stored.append(new)
+        return stored
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class ListSource:
+    """Feeds payloads from a list into an intake, one after the other, and keeps the acks."""
+
+    def __init__(self, payloads: Iterable[bytes], *, name: str = "list-source") -> None:
+        self.name = name
+        self.payloads = list(payloads)
+        self.outcomes: list[BatchOutcome] = []
+
+    def run(self, intake: Intake, timeout: float = 10.0) -> list[BatchOutcome]:
+        """Submit every payload and wait for its acknowledgement; return them in order."""
+        import threading
+
+        for payload in self.payloads:
+            done = threading.Event()
+            ticket = intake.admit_blocking(self.name, len(payload), is_abandoned=lambda: False)
+
+            def on_done(outcome: BatchOutcome, done: threading.Event = done) -> None:
+                self.outcomes.append(outcome)
+                done.set()
+
+            intake.enqueue(payload, self.name, on_done, ticket=ticket)
+            if not done.wait(timeout):
+                raise TimeoutError(f"no acknowledgement within {timeout} s")
+        return self.outcomes
+
+
+def run_topology(
+    stages: Sequence[str],
+    payloads: Iterable[bytes],
+    *,
+    sinks: Sequence[DurableSink] | None = None,
+    settings: HopperSettings | None = None,
+    clock: Clock | None = None,
+) -> tuple[list[BatchOutcome], list[DurableSink]]:
+    """Run payloads through a chain of named stages into sinks (default: one ListSink)."""
+    from hopper.config import load_settings
+    from hopper.ingest.intake import Intake
+    from hopper.observe.metrics import HopperMetrics
+    from hopper.pipeline import build_chain
+
+    settings = settings or load_settings()
+    metrics = HopperMetrics()
+    clock = clock or FrozenClock()
+    outputs: list[DurableSink] = list(sinks) if sinks is not None else [ListSink()]
+    intake = Intake(
+        build_chain(settings, list(stages), clock, metrics), outputs, [], metrics, clock
+    )
+    intake.start()
+    try:
+        outcomes = ListSource(payloads).run(intake)
+    finally:
+        intake.stop()
+    return outcomes, outputs

@@ -57,6 +57,8 @@ def write_config(path: Path, sections: Mapping[str, Mapping[str, TomlValue]]) ->
 class HopperProcess:
     """One `hopper serve --config FILE` process that can be killed and started again."""
 
+    command: tuple[str, ...] = ("serve",)
+
     def __init__(self, config: Path, port: int, log_path: Path) -> None:
         self.config = config
         self.port = port
@@ -88,7 +90,7 @@ class HopperProcess:
             log.write(f"\n--- start #{self.starts} ---\n".encode())
             log.flush()
             self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI
-                [sys.executable, "-m", "hopper", "serve", "--config", str(self.config)],
+                [sys.executable, "-m", "hopper", *self.command, "--config", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -149,3 +151,26 @@ class HopperProcess:
         except BaseException:
             logger.error("hopper serve output (%s):\n%s", self.log_path, self.log_tail())
             raise
+
+
+class WorkerProcess(HopperProcess):
+    """One `hopper worker NAME --config FILE` process; ready once its log says it started."""
+
+    def __init__(self, config: Path, name: str, log_path: Path) -> None:
+        super().__init__(config, 0, log_path)
+        self.command = ("worker", name)
+        self.name = name
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the worker's start line in its log for this start."""
+        deadline = time.monotonic() + timeout
+        marker = f"--- start #{self.starts} ---"
+        while True:
+            if not self.running:
+                raise RuntimeError(f"hopper worker exited early:\n{self.log_tail()}")
+            text = self.log_path.read_text(errors="replace")
+            if f"Worker {self.name} started" in text.rpartition(marker)[2]:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"hopper worker not ready in {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.05)

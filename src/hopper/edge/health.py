@@ -29,7 +29,7 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
             capacity=intake.capacity,
         ),
         "pubsub": _check(
-            channels_error or (None if node.publisher.is_healthy else "last publish failed"),
+            channels_error or (None if node.is_publishing_healthy else "last publish failed"),
             failure="warn",
             backend=node.channels.backend,
         ),

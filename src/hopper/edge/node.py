@@ -14,8 +14,8 @@ from hopper.edge.server import ConnectionGuard
 from hopper.errors import HopperError
 from hopper.ingest.intake import Intake
 from hopper.observe.metrics import HopperMetrics
-from hopper.pipeline.topology import build_edge_pipeline
-from hopper.pubsub import ChannelRoute, Publisher, open_channels
+from hopper.pipeline.topology import Resources, build_topology
+from hopper.pubsub import Channels, ChannelSink
 from hopper.store import EventStore, open_event_store
 
 if TYPE_CHECKING:
@@ -25,27 +25,21 @@ logger = logging.getLogger(__name__)
 
 
 class EdgeNode:
-    """Store, channels, publisher, intake and the threaded sources of one edge node."""
+    """The edge topology (chain, sinks, intake) and the threaded sources of one edge node."""
 
     def __init__(self, settings: HopperSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = HopperMetrics()
-        topology = settings.pipeline.edge
-        pipeline = build_edge_pipeline(settings, self.clock, self.metrics)
-        self.store = open_event_store(settings.store)
-        self.store.migrate()
-        self.channels = open_channels(settings.pubsub)
-        self.publisher = Publisher(
-            self.channels,
-            self._routes(),
-            self.metrics,
-            max_events=settings.pubsub.buffer_max_events,
-        )
+        self.resources = Resources(settings, self.metrics)
+        self.topology = build_topology(settings, "edge", self.clock, self.metrics, self.resources)
+        # The node's own store (tokens live there too), whether or not it is a sink.
+        self.store: EventStore = self.resources.event_store()
+        self.channels: Channels = self.resources.channels()
         self.intake = Intake(
-            pipeline,
-            self.store,
-            self.publisher,
+            self.topology.chain,
+            self.topology.sinks,
+            self.topology.live_sinks,
             self.metrics,
             self.clock,
             max_batches=settings.ingest.queue_max_batches,
@@ -60,7 +54,7 @@ class EdgeNode:
         self.guard = ConnectionGuard(settings, self.metrics)  # limits of the HTTP server
         self.stream_subscribers = 0  # open /v1/stream connections (event loop only)
         self.mqtt: MqttEventSource | None = None
-        if "mqtt" in topology.sources:
+        if "mqtt" in self.topology.settings.sources:
             from hopper.ingest.mqtt import MqttEventSource
 
             self.mqtt = MqttEventSource(self.intake, settings.mqtt)
@@ -68,33 +62,37 @@ class EdgeNode:
         self._probe_store: EventStore | None = None
         self._probe_lock = threading.Lock()
 
-    def _routes(self) -> list[ChannelRoute]:
-        sinks = self.settings.pipeline.edge.sinks
-        pubsub = self.settings.pubsub
-        routes = []
-        if "protos" in sinks:
-            routes.append(ChannelRoute("protos", pubsub.protos_channel))
-        if "lp-events" in sinks:
-            types = frozenset(pubsub.lp_events_types) if pubsub.lp_events_types else None
-            routes.append(ChannelRoute("lp-events", pubsub.lp_events_channel, types))
-        return routes
+    @property
+    def sources(self) -> list[str]:
+        """Return the edge topology's sources."""
+        return list(self.topology.settings.sources)
 
     @property
-    def channel_names(self) -> dict[str, str]:
-        """Map each published channel name to its sink (``protos`` or ``lp-events``)."""
-        return {route.channel: route.sink for route in self._routes()}
+    def stream_channels(self) -> dict[str, ChannelSink]:
+        """Map each published channel's name to its sink (what its messages are)."""
+        return {
+            sink.channel: sink for sink in self.topology.live_sinks if isinstance(sink, ChannelSink)
+        }
+
+    @property
+    def is_publishing_healthy(self) -> bool:
+        """Tell whether every channel sink's last publish worked."""
+        return all(sink.is_healthy for sink in self.stream_channels.values())
 
     def start(self) -> None:
-        """Start the publisher, the writer and the threaded sources."""
-        self.publisher.start()
+        """Start the live sinks, the writer and the threaded sources."""
+        for sink in self.topology.live_sinks:
+            sink.start()
         self.intake.start()
         if self.mqtt is not None:
             self.mqtt.start()
         logger.info(
-            "Edge node started: store %s, channels %s, sources %s, auth %s.",
+            "Edge node started: %s -> %s -> %s; store %s, channels %s, auth %s.",
+            " + ".join(self.sources),
+            " -> ".join(self.topology.chain.names),
+            ", ".join(self.topology.settings.sinks),
             self.store.backend,
             self.channels.backend,
-            ", ".join(self.settings.pipeline.edge.sources),
             self.settings.auth.mode,
         )
         if self.authenticator.is_open:
@@ -109,9 +107,9 @@ class EdgeNode:
         if self.mqtt is not None:
             self.mqtt.stop()
         self.intake.stop()
-        self.publisher.stop()
-        self.store.close()
-        self.channels.close()
+        for sink in self.topology.live_sinks:
+            sink.stop()
+        self.resources.close()  # the sinks' backends: store, topic log, channels
         self.authenticator.close()
         if self._probe_store is not None:
             self._probe_store.close()

@@ -69,11 +69,11 @@ async def _serve_stream(websocket: WebSocket, node: EdgeNode, channel: str) -> N
     principal = await accept_authenticated(websocket, node.authenticator, Scope.STREAM)
     if principal is None:
         return
-    sink = node.channel_names.get(channel)
+    sink = node.stream_channels.get(channel)
     if sink is None:
         await websocket.close(code=1008, reason=f"unknown channel {channel[:60]!r}")
         return
-    binary = sink == "protos"
+    binary = sink.message_format == "protobuf"
     schools = principal.schools
     school_of = _school_of_proto if binary else _school_of_json
     try:

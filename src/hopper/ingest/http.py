@@ -1,16 +1,26 @@
-"""HTTP source: ``POST /v1/events`` with an ``application/x-protobuf`` EventBatch body."""
+"""HTTP sources: what every HTTP receiver does, once, and ``POST /v1/events`` on top of it.
+
+``HttpReceiver`` checks the token before reading anything, reads the body within a size
+and a time limit (a too-large body is recorded by a prefix, its size and hash), waits in
+line for the intake, waits for the commit (503 + ``Retry-After`` when either takes too
+long) and answers. A receiver of another format (the Sunbird telemetry API) subclasses it
+and says which media types it takes and how it answers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from hopper.access import Authenticator, AuthError, Principal, Scope
 from hopper.access.authenticator import bearer_from_header
 from hopper.events.model import WHOLE_PAYLOAD, Rejection, RejectReason
+from hopper.ingest.base import BatchOutcome
 from hopper.ingest.intake import Intake
 from hopper.pipeline.stage import Origin
 
@@ -49,10 +59,12 @@ async def authenticate_request(
     return await authenticator.authenticate(token, scope)
 
 
-class HttpEventReceiver:
-    """Receives event batches over HTTP; answers only after the durable commit."""
+class HttpReceiver:
+    """Receives payloads over HTTP for a topology; answers only after the durable commit."""
 
     source = "http"
+    path = "/"
+    scope = Scope.INGEST
 
     def __init__(
         self,
@@ -75,6 +87,18 @@ class HttpEventReceiver:
         self._ack_timeout = ack_timeout_secs
         self._kept = error_raw_max_bytes
 
+    def routes(self) -> Sequence[BaseRoute]:
+        """Return the route this receiver serves."""
+        return [Route(self.path, self.handle, methods=["POST"])]
+
+    def media_problem(self, media_type: str) -> str | None:
+        """Say what is wrong with a request's media type (None: it is accepted)."""
+        raise NotImplementedError
+
+    def answer(self, outcome: BatchOutcome, status: int, *, is_refused: bool) -> Response:
+        """Answer a processed request (``is_refused``: the receiver refused the body)."""
+        return JSONResponse(outcome.as_dict(), status_code=status)
+
     def _busy(self, message: str) -> Response:
         return JSONResponse(
             {"error": message}, status_code=503, headers={"Retry-After": str(self._retry_after)}
@@ -84,7 +108,7 @@ class HttpEventReceiver:
         """Handle one POST."""
         try:
             # Before the body is read: an anonymous client costs nothing but the headers.
-            principal = await authenticate_request(request, self._auth, Scope.INGEST)
+            principal = await authenticate_request(request, self._auth, self.scope)
         except AuthError as exc:
             return auth_error_response(exc)
         client = client_key(request)
@@ -103,13 +127,10 @@ class HttpEventReceiver:
         status = 200
         if rejection is not None:
             status = 413
-        elif media_type not in PROTOBUF_TYPES:
+        elif (problem := self.media_problem(media_type)) is not None:
             status = 415
             rejection = Rejection(
-                WHOLE_PAYLOAD,
-                RejectReason.UNSUPPORTED_MEDIA_TYPE,
-                f"content-type {media_type[:100] or '(none)'!r} is not application/x-protobuf",
-                body,
+                WHOLE_PAYLOAD, RejectReason.UNSUPPORTED_MEDIA_TYPE, problem, body
             ).bounded(self._kept)
             body = rejection.raw
         ticket = await self._intake.admit(client, len(body), self._admission_wait)
@@ -128,16 +149,16 @@ class HttpEventReceiver:
                 "unavailable); resend later, duplicates are absorbed"
             )
         if outcome.error is not None:
-            return JSONResponse(
-                outcome.as_dict(), status_code=503, headers={"Retry-After": str(self._retry_after)}
-            )
+            response = self.answer(outcome, 503, is_refused=False)
+            response.headers["Retry-After"] = str(self._retry_after)
+            return response
         if (
             rejection is None
             and outcome.is_payload_rejected
             and not outcome.accepted + outcome.duplicates
         ):
-            status = 400  # the body as a whole is not an EventBatch
-        return JSONResponse(outcome.as_dict(), status_code=status)
+            status = 400  # the body as a whole is not a payload of this format
+        return self.answer(outcome, status, is_refused=rejection is not None)
 
     async def _read_body(self, request: Request) -> tuple[bytes, Rejection | None]:
         """Read the body up to the limit; past it, keep a prefix, the size and the hash."""
@@ -180,3 +201,16 @@ class HttpEventReceiver:
             raw_hash=None if digest is None else digest.digest()[:16],
         )
         return kept, rejection
+
+
+class HttpEventReceiver(HttpReceiver):
+    """``POST /v1/events``: an ``EventBatch`` body (protobuf)."""
+
+    source = "http"
+    path = "/v1/events"
+
+    def media_problem(self, media_type: str) -> str | None:
+        """Accept the protobuf media types."""
+        if media_type in PROTOBUF_TYPES:
+            return None
+        return f"content-type {media_type[:100] or '(none)'!r} is not application/x-protobuf"

@@ -1,14 +1,15 @@
-"""The bounded intake queue and the group-commit writer behind every source.
+"""The bounded intake queue and the group-commit writer behind every source of a topology.
 
 Sources are admitted first (``ingest/admission.py``: bounded by payloads and bytes, in
 arrival order, with a fair share per client), enqueue a payload with a completion
 callback, and acknowledge their client only when that callback reports the commit. One
-writer thread takes the queued payloads, runs the stages on each (decode, validate,
-dedup), commits many payloads per transaction, then completes them and publishes.
+writer thread takes the queued payloads, runs the topology's chain on each, commits the
+group to every durable sink of the topology (the first, its record, decides what is new),
+then completes the payloads (the acks), then offers the new events to the live sinks.
 The stages never run in the sources' threads: stages and commits are CPU work under one
 GIL, and two busy threads handing the GIL to each other ran 10-20% slower than one
 thread doing both (bench/README.md). So on SQLite the writer runs the stages itself; on
-a store whose commit mostly waits for a server (``EventStore.commit_waits_on_server``),
+a sink whose commit mostly waits for a server (``DurableSink.commit_waits_on_server``),
 a stages thread prepares the next group while the writer waits for the current commit.
 A full queue is back pressure: sources wait (WebSocket, MQTT) or, after waiting in line
 for ``ingest.http_admission_wait_secs``, answer 503 (HTTP).
@@ -21,83 +22,21 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hopper.clock import Clock
 from hopper.errors import HopperError
 from hopper.events.model import RECORDED_REASONS, WHOLE_PAYLOAD, Event, Rejection, RejectReason
 from hopper.ingest.admission import Admission, Ticket
+from hopper.ingest.base import BatchOutcome, Delivery, OnDone
 from hopper.observe.metrics import HopperMetrics
+from hopper.pipeline.chain import Chain
 from hopper.pipeline.stage import ANY_ORIGIN, Origin
-from hopper.pipeline.topology import EdgePipeline
-from hopper.pubsub.publisher import Publisher
-from hopper.store.base import EventStore, PendingWrite
+from hopper.sinks.base import DurableSink, LiveSink, PendingWrite
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class BatchOutcome:
-    """What became of one payload: told to the client in its acknowledgement.
-
-    Rejections are kept as counts by reason plus at most ``max_results`` per-event
-    results, so that an answer stays small whatever the payload held.
-    """
-
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    results: list[dict[str, Any]] = field(default_factory=list)
-    is_payload_rejected: bool = False  # the payload as a whole was refused
-    error: str | None = None
-    max_results: int = 100
-
-    def add_rejection(self, rejection: Rejection) -> None:
-        """Count a rejection (duplicates are counted apart) and keep its result if room."""
-        if rejection.reason is RejectReason.DUPLICATE:
-            self.duplicates += 1
-            return
-        self.rejected += 1
-        reason = rejection.reason.value
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        if rejection.index == WHOLE_PAYLOAD:
-            self.is_payload_rejected = True
-        if len(self.results) < self.max_results:
-            self.results.append(rejection.as_result())
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the JSON body of an acknowledgement."""
-        body: dict[str, Any] = {
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "results": self.results,
-        }
-        if self.rejected:
-            body["reasons"] = self.reasons
-        if self.rejected > len(self.results):
-            body["results_truncated"] = True
-        if self.error is not None:
-            body["error"] = self.error
-        return body
-
-
-OnDone = Callable[[BatchOutcome], None]
-
-
-@dataclass(slots=True)
-class _Delivery:
-    """A payload as a source queued it, before the stages ran."""
-
-    payload: bytes
-    source: str
-    on_done: OnDone
-    rejection: Rejection | None
-    ticket: Ticket | None
-    origin: Origin
 
 
 @dataclass(slots=True)
@@ -120,9 +59,9 @@ class Intake:
 
     def __init__(
         self,
-        pipeline: EdgePipeline,
-        store: EventStore,
-        publisher: Publisher,
+        chain: Chain,
+        sinks: Sequence[DurableSink],
+        live_sinks: Sequence[LiveSink],
         metrics: HopperMetrics,
         clock: Clock,
         *,
@@ -134,9 +73,11 @@ class Intake:
         error_raw_max_bytes: int = 4096,
         ack_max_results: int = 100,
     ) -> None:
-        self._pipeline = pipeline
-        self._store = store
-        self._publisher = publisher
+        if not sinks:
+            raise ValueError("a topology needs at least one durable sink")
+        self._chain = chain
+        self._sinks = list(sinks)
+        self._live = list(live_sinks)
         self._metrics = metrics
         self._clock = clock
         self.admission = Admission(max_batches, max_bytes, client_share)
@@ -145,19 +86,19 @@ class Intake:
         self.max_payload_bytes = max_payload_bytes
         self._error_raw_max = error_raw_max_bytes
         self._ack_max_results = ack_max_results
-        self._queue: queue.SimpleQueue[_Delivery | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Delivery | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="hopper-writer", daemon=True)
         # At most one prepared group waits for the writer: the admission stays the bound.
         self._groups: queue.Queue[list[_Item] | object] = queue.Queue(maxsize=1)
         self._stager: threading.Thread | None = None
-        if store.commit_waits_on_server:
+        if any(sink.commit_waits_on_server for sink in self._sinks):
             self._stager = threading.Thread(target=self._stage, name="hopper-stages", daemon=True)
-        self._store_metrics = metrics.component("store")
+        self._sink_metrics = [metrics.component(sink.name) for sink in self._sinks]
         metrics.queue_capacity.set(max_batches)
         metrics.queue_capacity_bytes.set(max_bytes)
         self.last_commit_ms: int | None = None
         self.last_error: str | None = None
-        self.is_store_healthy = True
+        self.is_store_healthy = True  # every durable sink's last commit attempt worked
 
     # -- admission: the bound of the queue ---------------------------------------------
 
@@ -231,7 +172,7 @@ class Intake:
         back just before. ``rejection`` is set when the source itself refused the payload
         (too large, wrong media type): it is recorded.
         """
-        self._queue.put(_Delivery(payload, source, on_done, rejection, ticket, origin))
+        self._queue.put(Delivery(payload, source, on_done, rejection, ticket, origin))
 
     async def enqueue_and_wait(
         self,
@@ -304,7 +245,7 @@ class Intake:
         stopping = False
         while not stopping:
             first = self._queue.get()
-            if not isinstance(first, _Delivery):
+            if not isinstance(first, Delivery):
                 return  # _STOP
             group: list[_Item] = []
             rows = self._add(group, first)
@@ -315,14 +256,14 @@ class Intake:
                     delivery = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if not isinstance(delivery, _Delivery):
+                if not isinstance(delivery, Delivery):
                     stopping = True
                     break
                 rows += self._add(group, delivery)
             if group:
                 yield group
 
-    def _add(self, group: list[_Item], delivery: _Delivery) -> int:
+    def _add(self, group: list[_Item], delivery: Delivery) -> int:
         """Run the stages on a delivery and add it to the group; return its row count."""
         try:
             item = self._prepare(delivery)
@@ -338,7 +279,7 @@ class Intake:
         group.append(item)
         return item.size
 
-    def _prepare(self, delivery: _Delivery) -> _Item:
+    def _prepare(self, delivery: Delivery) -> _Item:
         payload, source, rejection = delivery.payload, delivery.source, delivery.rejection
         counters = self._metrics.component(source)
         if rejection is None:
@@ -347,7 +288,7 @@ class Intake:
             events, rejected = [], [rejection]
             counters.rejected(rejection.reason.value)
         else:
-            result = self._pipeline.run(payload, delivery.origin)
+            result = self._chain.run(payload, delivery.origin)
             events, rejected = result.passed, result.rejected
         counters.received.inc(len(events) + len(rejected))
         outcome = BatchOutcome(max_results=self._ack_max_results)
@@ -355,43 +296,53 @@ class Intake:
         for r in rejected:
             outcome.add_rejection(r)
             if r.reason in RECORDED_REASONS:
-                # Never more than a bounded prefix of the refused bytes, with size and hash.
+                # Bounded now, not at the store: the full bytes need not wait in the queue.
                 to_record.append(r.bounded(self._error_raw_max))
         write = PendingWrite(source, self._clock.now_ms(), events, to_record)
         return _Item(delivery.on_done, write, outcome, delivery.ticket)
 
-    def _commit(self, group: list[_Item]) -> None:
+    def _commit(
+        self, group: list[_Item], first_sink: int = 0, record: list[list[Event]] | None = None
+    ) -> None:
+        """Commit a group to every durable sink from ``first_sink`` on, then complete it.
+
+        ``record`` holds the first sink's results when it has already committed the group
+        (a later sink failed and the group is being retried payload by payload).
+        """
         writes = [item.write for item in group]
         started = time.perf_counter()
-        stored = self._commit_with_retry(writes)
+        for index in range(first_sink, len(self._sinks)):
+            stored = self._commit_with_retry(index, writes)
+            if stored is None and len(group) > 1:
+                # Some payload's rows broke the transaction: commit each alone from this
+                # sink on, so that only that payload fails.
+                for n, item in enumerate(group):
+                    self._commit([item], index, None if record is None else [record[n]])
+                return
+            if stored is None:
+                message = "commit failed unexpectedly; nothing stored, resend later"
+                group[0].outcome.error = message
+                self._complete(group[0])
+                return
+            if index == 0:
+                record = stored
+        assert record is not None
         elapsed = time.perf_counter() - started
-        if stored is None and len(group) > 1:
-            # Some payload's rows broke the transaction: commit each alone, so only it fails.
-            for item in group:
-                self._commit([item])
-            return
-        if stored is None:
-            group[0].outcome.error = "commit failed unexpectedly; nothing stored, resend later"
-            self._complete(group[0])
-            return
         self._metrics.commit_seconds.observe(elapsed)
         self._metrics.commit_events.observe(sum(len(w.events) for w in writes))
         self.last_commit_ms = self._clock.now_ms()
         published: list[tuple[list[Event], int]] = []
-        for item, new in zip(group, stored, strict=True):
+        for item, new in zip(group, record, strict=True):
             write, outcome = item.write, item.outcome
             outcome.accepted = len(new)
-            store_duplicates = len(write.events) - len(new)
-            outcome.duplicates += store_duplicates
-            # The store is the cross-batch dedup: it counts what it refused as duplicates.
-            self._store_metrics.received.inc(len(write.events))
-            self._store_metrics.sent.inc(len(new))
-            self._store_metrics.rejected(RejectReason.DUPLICATE.value, store_duplicates)
+            # The record sink is the cross-batch dedup: what it refused are duplicates.
+            outcome.duplicates += len(write.events) - len(new)
             self._metrics.component(write.source).sent.inc(len(new))
             self._complete(item)
             published.append((new, write.received_ms))
-        # Ack first, then publish: channels are best effort, the store is the record.
-        self._publisher.offer_all(published)
+        # Ack first, then publish: live sinks are best effort, the durable ones the record.
+        for sink in self._live:
+            sink.offer(published)
 
     def _complete(self, item: _Item) -> None:
         if item.ticket is not None:
@@ -402,25 +353,35 @@ class Intake:
             logger.exception("Acknowledgement callback of source %s failed.", item.write.source)
             self._metrics.component(item.write.source).error("ack_callback")
 
-    def _commit_with_retry(self, writes: list[PendingWrite]) -> list[list[Any]] | None:
-        """Commit, retrying while the store is unavailable; None after an unexpected error."""
+    def _commit_with_retry(self, index: int, writes: list[PendingWrite]) -> list[list[Any]] | None:
+        """Commit to one sink, retrying while it is unavailable; None after an unexpected error."""
+        sink, counters = self._sinks[index], self._sink_metrics[index]
         delay = 0.1
         while True:
             try:
-                stored = self._store.commit(writes)
+                stored = sink.commit(writes)
             except HopperError as exc:
                 # Keep the batches and retry: the queue fills meanwhile, which is back pressure.
                 self.is_store_healthy = False
                 self.last_error = str(exc)
-                self._store_metrics.error(type(exc).__name__)
-                logger.warning("Store commit failed, retrying in %.1f s: %s.", delay, exc)
+                counters.error(type(exc).__name__)
+                logger.warning(
+                    "Commit to %s failed, retrying in %.1f s: %s.", sink.name, delay, exc
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             except Exception as exc:
                 self.last_error = repr(exc)
-                self._store_metrics.error(type(exc).__name__)
-                logger.exception("Unexpected error in the store commit; batches not acknowledged.")
+                counters.error(type(exc).__name__)
+                logger.exception(
+                    "Unexpected error in the commit to %s; batches not acknowledged.", sink.name
+                )
                 return None
             self.is_store_healthy = True
+            offered = sum(len(w.events) for w in writes)
+            new = sum(len(events) for events in stored)
+            counters.received.inc(offered)
+            counters.sent.inc(new)
+            counters.rejected(RejectReason.DUPLICATE.value, offered - new)
             return stored

@@ -13,7 +13,8 @@ from typing import Any
 
 from hopper.config import MqttSettings
 from hopper.errors import BackendMissing, ConfigError
-from hopper.ingest.intake import BatchOutcome, Intake
+from hopper.ingest.base import BatchOutcome
+from hopper.ingest.intake import Intake
 from hopper.pipeline.stage import Origin
 
 try:

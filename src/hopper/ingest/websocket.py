@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hopper.access import Authenticator, AuthError, Principal, Scope
@@ -31,8 +32,9 @@ from hopper.access.authenticator import (
     bearer_from_subprotocols,
 )
 from hopper.events.model import WHOLE_PAYLOAD, Rejection, RejectReason
+from hopper.ingest.base import BatchOutcome
 from hopper.ingest.http import auth_error_response
-from hopper.ingest.intake import BatchOutcome, Intake
+from hopper.ingest.intake import Intake
 from hopper.pipeline.stage import Origin
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class WebSocketEventReceiver:
     """Receives event batches over a WebSocket, acking each after its commit."""
 
     source = "websocket"
+    path = "/v1/events/ws"
 
     def __init__(
         self,
@@ -92,6 +95,10 @@ class WebSocketEventReceiver:
         self._retry_after = retry_after_secs
         self._kept = error_raw_max_bytes
         self.busy_frames = 0  # frames answered "busy" since start
+
+    def routes(self) -> Sequence[BaseRoute]:
+        """Return the route this receiver serves."""
+        return [WebSocketRoute(self.path, self.handle)]
 
     async def handle(self, websocket: WebSocket) -> None:
         """Serve one connection."""

@@ -36,6 +36,34 @@ def purge_errors(settings: HopperSettings, clock: Clock) -> str:
     return f"deleted {deleted} rows of reader_events_errors received before {cutoff} (ms)"
 
 
+def retain_topics(settings: HopperSettings, clock: Clock) -> str:
+    """Remove topic records older than ``topics.retention_secs`` (the embedded log)."""
+    from hopper.pipeline.topics import TopicNotFoundError, open_topic_log
+
+    names = sorted(
+        {
+            name.partition(":")[2]
+            for topology in settings.pipeline.topologies().values()
+            for name in (*topology.sources, *topology.sinks)
+            if name.startswith("topic:")
+        }
+    )
+    if not names:
+        return "no topology uses a topic"
+    cutoff = clock.now_ms() - settings.topics.retention_secs * 1000
+    log = open_topic_log(settings.topics)
+    removed = 0
+    try:
+        for name in names:
+            try:
+                removed += log.retain(name, cutoff)
+            except TopicNotFoundError:
+                continue  # not created yet: nothing to remove
+    finally:
+        log.close()
+    return f"removed {removed} records older than {cutoff} (ms) from {', '.join(names)}"
+
+
 JOBS: dict[str, Job] = {
     job.name: job
     for job in (
@@ -44,6 +72,12 @@ JOBS: dict[str, Job] = {
             "Delete rejected events older than retention.error_retention_days.",
             lambda s: s.retention.purge_interval_secs,
             purge_errors,
+        ),
+        Job(
+            "retain-topics",
+            "Remove topic records older than topics.retention_secs (brokers do it themselves).",
+            lambda s: s.retention.purge_interval_secs,
+            retain_topics,
         ),
     )
 }

@@ -1,20 +1,27 @@
-"""The spine shared by every pipeline: named stages assembled into topologies."""
+"""The spine shared by every pipeline: named stages in chains, assembled into topologies."""
 
-from hopper.pipeline.stage import Stage, StageResult
+from hopper.pipeline.chain import Chain, ChainResult
+from hopper.pipeline.stage import ANY_ORIGIN, Origin, Stage, StageResult
 from hopper.pipeline.topology import (
-    EDGE_SINKS,
-    EDGE_STAGES,
-    EdgePipeline,
-    build_edge_pipeline,
-    check_edge_topology,
+    STAGES,
+    Resources,
+    Topology,
+    build_chain,
+    build_topology,
+    check_topologies,
 )
 
 __all__ = [
-    "EDGE_SINKS",
-    "EDGE_STAGES",
-    "EdgePipeline",
+    "ANY_ORIGIN",
+    "STAGES",
+    "Chain",
+    "ChainResult",
+    "Origin",
+    "Resources",
     "Stage",
     "StageResult",
-    "build_edge_pipeline",
-    "check_edge_topology",
+    "Topology",
+    "build_chain",
+    "build_topology",
+    "check_topologies",
 ]

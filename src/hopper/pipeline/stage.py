@@ -26,17 +26,23 @@ ANY_ORIGIN = Origin()
 
 @dataclass(slots=True)
 class StageResult(Generic[Out]):
-    """What a stage made of its input: records passed on, and records refused."""
+    """What a stage made of its input: records passed on, refused, or sent elsewhere.
+
+    ``rejected`` carries a reason code each (``duplicate`` among them); ``routed`` holds
+    records that leave the chain at this stage by a named output (a route stage's
+    ``errors``, ``logs``...), which the topology sends to that output's sinks.
+    """
 
     passed: list[Out]
     rejected: list[Rejection] = field(default_factory=list)
+    routed: dict[str, list[Out]] = field(default_factory=dict)
 
 
 class Stage(Protocol[In_contra, Out]):
     """A named, pure processing step.
 
     Guarantees: ``process`` never raises for bad data (it returns a ``Rejection`` with a
-    reason code), and every input record is either passed on or rejected.
+    reason code), and every input record is passed on, rejected or routed, once.
     """
 
     name: str

@@ -1,23 +1,45 @@
-"""Topologies built from the config: a chain of named stages with counters per stage."""
+"""Topologies built from the config: sources → a chain of named stages → durable and live sinks.
+
+Every component is named in the config and built from a registry here, so that no code
+elsewhere needs to know a sink or stage by name:
+
+    stages   decode, authorize, validate, dedup                      (``STAGES``)
+    sinks    store, topic:NAME (durable); protos, lp-events (live)   (``build_sink``)
+    sources  http, websocket, mqtt (``hopper serve``); topic:NAME (``hopper worker``)
+
+``check_topologies`` lists what is wrong with the declared topologies, for start-up and
+``hopper config check``; ``build_topology`` turns one into a ``Topology`` over the
+``Resources`` (event store, channels, topic log) that the process shares between them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hopper.clock import Clock
-from hopper.config import HopperSettings
+from hopper.config import HopperSettings, TopologySettings
 from hopper.errors import ConfigError
-from hopper.events.model import Event
 from hopper.events.protobuf import EVENT_TYPES
 from hopper.observe.metrics import HopperMetrics
-from hopper.pipeline.stage import ANY_ORIGIN, Origin, Stage, StageResult
+from hopper.pipeline.chain import Chain
+from hopper.pipeline.stage import Stage
 from hopper.pipeline.stages import Authorize, Decode, Dedup, Validate
+from hopper.pubsub import Channels, ChannelSink, open_channels, render_json, render_raw
+from hopper.sinks.base import DurableSink, LiveSink
+from hopper.store import EventStore, open_event_store
+
+if TYPE_CHECKING:
+    from hopper.pipeline.topics.base import TopicLog
+
+logger = logging.getLogger(__name__)
 
 StageFactory = Callable[[HopperSettings, Clock], Stage[Any, Any]]
 
-# Every stage the config may name, in the order the edge path runs them.
-EDGE_STAGES: dict[str, StageFactory] = {
+# Every stage the config may name.
+STAGES: dict[str, StageFactory] = {
     "decode": lambda settings, clock: Decode(max_events=settings.ingest.max_batch_events),
     "authorize": lambda settings, clock: Authorize(),
     "validate": lambda settings, clock: Validate(
@@ -27,48 +49,86 @@ EDGE_STAGES: dict[str, StageFactory] = {
     ),
     "dedup": lambda settings, clock: Dedup(),
 }
-EDGE_SINKS = ("store", "protos", "lp-events")
+DURABLE_SINKS = ("store", "topic")
+LIVE_SINKS = ("protos", "lp-events")
+SERVED_SOURCES = ("http", "websocket", "mqtt")  # run by `hopper serve`
+TOPIC = "topic"  # `topic:NAME`, as a source (run by `hopper worker`) or a durable sink
 
 
-class EdgePipeline:
-    """Runs transport payloads through the edge stages, counting per stage."""
-
-    def __init__(self, stages: Sequence[Stage[Any, Any]], metrics: HopperMetrics) -> None:
-        self.stages = list(stages)
-        self._counters = [metrics.component(stage.name) for stage in self.stages]
-
-    def run(self, payload: bytes, origin: Origin = ANY_ORIGIN) -> StageResult[Event]:
-        """Process one payload from ``origin``; every stage's rejections are gathered."""
-        records: list[Any] = [payload]
-        rejected = []
-        for stage, counters in zip(self.stages, self._counters, strict=True):
-            result = stage.process(records, origin)
-            received = len(result.passed) + len(result.rejected)
-            counters.received.inc(received)
-            counters.sent.inc(len(result.passed))
-            for rejection in result.rejected:
-                counters.rejected(rejection.reason.value)
-            rejected += result.rejected
-            records = result.passed
-        return StageResult(records, rejected)
+def split_component(name: str) -> tuple[str, str | None]:
+    """Split ``topic:edge-events`` into ``("topic", "edge-events")``; others have no argument."""
+    kind, sep, argument = name.partition(":")
+    return (kind, argument) if sep else (name, None)
 
 
-def check_edge_topology(settings: HopperSettings) -> list[str]:
-    """Return the problems of the configured edge topology (empty when it is sound)."""
-    topology = settings.pipeline.edge
-    problems = [
-        f"pipeline.edge.stages: unknown stage {name!r} (known: {', '.join(EDGE_STAGES)})"
-        for name in topology.stages
-        if name not in EDGE_STAGES
+def _check_one(name: str, topology: TopologySettings) -> list[str]:
+    where = f"pipeline.{name}"
+    problems = []
+    for source in topology.sources:
+        kind, arg = split_component(source)
+        if kind == TOPIC and not arg:
+            problems.append(f"{where}.sources: 'topic:' needs a topic name (topic:NAME)")
+        elif kind != TOPIC and (kind not in SERVED_SOURCES or arg is not None):
+            known = ", ".join((*SERVED_SOURCES, "topic:NAME"))
+            problems.append(f"{where}.sources: unknown source {source!r} (known: {known})")
+    served = [s for s in topology.sources if split_component(s)[0] in SERVED_SOURCES]
+    if served and len(served) != len(topology.sources):
+        problems.append(
+            f"{where}.sources: topic sources run in `hopper worker`, the others in "
+            "`hopper serve`: put them in separate topologies"
+        )
+    problems += [
+        f"{where}.stages: unknown stage {stage!r} (known: {', '.join(STAGES)})"
+        for stage in topology.stages
+        if stage not in STAGES
+    ]
+    if topology.stages[0] != "decode":
+        problems.append(f"{where}.stages: the first stage must be 'decode'")
+    if len(set(topology.stages)) != len(topology.stages):
+        problems.append(f"{where}.stages: a stage is listed twice")
+    durable = 0
+    for sink in topology.sinks:
+        kind, arg = split_component(sink)
+        if kind == TOPIC and arg:
+            durable += 1
+        elif kind == "store" and arg is None:
+            durable += 1
+        elif kind not in LIVE_SINKS or arg is not None:
+            known = ", ".join(("store", "topic:NAME", *LIVE_SINKS))
+            problems.append(f"{where}.sinks: unknown sink {sink!r} (known: {known})")
+    if not durable:
+        problems.append(
+            f"{where}.sinks: no durable sink: 'store' (the durable sink) is required, or a "
+            "'topic:NAME'; the acknowledgement waits for the durable sinks"
+        )
+    if len(set(topology.sinks)) != len(topology.sinks):
+        problems.append(f"{where}.sinks: a sink is listed twice")
+    return problems
+
+
+def check_topologies(settings: HopperSettings) -> list[str]:
+    """Return the problems of the declared topologies (empty when they are sound)."""
+    topologies = settings.pipeline.topologies()
+    problems: list[str] = []
+    written: set[str] = set()
+    read: set[str] = set()
+    for name, topology in topologies.items():
+        problems += _check_one(name, topology)
+        written |= {a for k, a in map(split_component, topology.sinks) if k == TOPIC and a}
+        read |= {a for k, a in map(split_component, topology.sources) if k == TOPIC and a}
+    external = set(settings.topics.external)
+    problems += [
+        f"topic {topic!r} is written but read by no topology here; list it in "
+        "topics.external if another process reads it"
+        for topic in sorted(written - read - external)
     ]
     problems += [
-        f"pipeline.edge.sinks: unknown sink {name!r} (known: {', '.join(EDGE_SINKS)})"
-        for name in topology.sinks
-        if name not in EDGE_SINKS
+        f"topic {topic!r} is read but written by no topology here; list it in "
+        "topics.external if another process writes it"
+        for topic in sorted(read - written - external)
     ]
-    if len(set(topology.stages)) != len(topology.stages):
-        problems.append("pipeline.edge.stages: a stage is listed twice")
-    if "authorize" not in topology.stages and (
+    edge = topologies["edge"]
+    if "authorize" not in edge.stages and (
         settings.auth.mode == "tokens" or settings.mqtt.require_topic_school
     ):
         problems.append(
@@ -87,12 +147,125 @@ def check_edge_topology(settings: HopperSettings) -> list[str]:
     return problems
 
 
-def build_edge_pipeline(
-    settings: HopperSettings, clock: Clock, metrics: HopperMetrics
-) -> EdgePipeline:
-    """Build the edge pipeline the config declares; raise ConfigError if it is unsound."""
-    problems = check_edge_topology(settings)
+def build_chain(
+    settings: HopperSettings, stages: list[str], clock: Clock, metrics: HopperMetrics
+) -> Chain:
+    """Build a chain of named stages."""
+    return Chain([STAGES[name](settings, clock) for name in stages], metrics)
+
+
+@dataclass
+class Resources:
+    """The backends one process shares between its topologies, opened on first use."""
+
+    settings: HopperSettings
+    metrics: HopperMetrics
+    _store: EventStore | None = None
+    _channels: Channels | None = None
+    _topics: TopicLog | None = None
+    _channel_sinks: dict[str, ChannelSink] = field(default_factory=dict)
+
+    def event_store(self) -> EventStore:
+        """Return the writer's event store, migrated."""
+        if self._store is None:
+            self._store = open_event_store(self.settings.store)
+            self._store.migrate()
+        return self._store
+
+    def channels(self) -> Channels:
+        """Return the pub/sub channels backend."""
+        if self._channels is None:
+            self._channels = open_channels(self.settings.pubsub)
+        return self._channels
+
+    def topic_log(self) -> TopicLog:
+        """Return the topic log backend."""
+        if self._topics is None:
+            from hopper.pipeline.topics import open_topic_log
+
+            self._topics = open_topic_log(self.settings.topics)
+        return self._topics
+
+    def channel_sink(self, name: str) -> ChannelSink:
+        """Return the live sink of a channel (one per process, shared by topologies)."""
+        found = self._channel_sinks.get(name)
+        if found is not None:
+            return found
+        pubsub = self.settings.pubsub
+        if name == "protos":
+            sink = ChannelSink(
+                name, self.channels(), pubsub.protos_channel, render_raw, self.metrics,
+                message_format="protobuf", max_events=pubsub.buffer_max_events,
+            )  # fmt: skip
+        else:
+            types = frozenset(pubsub.lp_events_types) if pubsub.lp_events_types else None
+            sink = ChannelSink(
+                name, self.channels(), pubsub.lp_events_channel, render_json(types),
+                self.metrics, message_format="json", max_events=pubsub.buffer_max_events,
+            )  # fmt: skip
+        self._channel_sinks[name] = sink
+        return sink
+
+    @property
+    def channel_sinks(self) -> dict[str, ChannelSink]:
+        """Return the channel sinks built so far, by sink name."""
+        return dict(self._channel_sinks)
+
+    def close(self) -> None:
+        """Close every backend opened."""
+        if self._store is not None:
+            self._store.close()
+        if self._channels is not None:
+            self._channels.close()
+        if self._topics is not None:
+            self._topics.close()
+
+
+def build_sink(name: str, resources: Resources) -> DurableSink | LiveSink:
+    """Build the sink a topology names."""
+    kind, arg = split_component(name)
+    if kind == "store":
+        return resources.event_store()
+    if kind == TOPIC and arg:
+        from hopper.pipeline.topics.sink import TopicSink
+
+        return TopicSink(resources.topic_log(), arg, resources.settings.topics.partitions)
+    return resources.channel_sink(kind)
+
+
+@dataclass
+class Topology:
+    """A built topology: its chain and its sinks (the first durable one listed is its record)."""
+
+    name: str
+    settings: TopologySettings
+    chain: Chain
+    sinks: list[DurableSink]
+    live_sinks: list[LiveSink]
+
+
+def build_topology(
+    settings: HopperSettings,
+    name: str,
+    clock: Clock,
+    metrics: HopperMetrics,
+    resources: Resources,
+) -> Topology:
+    """Build one declared topology; raise ConfigError if the topologies are unsound."""
+    problems = check_topologies(settings)
     if problems:
         raise ConfigError("; ".join(problems))
-    stages = [EDGE_STAGES[name](settings, clock) for name in settings.pipeline.edge.stages]
-    return EdgePipeline(stages, metrics)
+    topologies = settings.pipeline.topologies()
+    if name not in topologies:
+        raise ConfigError(f"no topology {name!r} in the config (known: {', '.join(topologies)})")
+    topology = topologies[name]
+    durable: list[DurableSink] = []
+    live: list[LiveSink] = []
+    for sink_name in topology.sinks:
+        sink = build_sink(sink_name, resources)
+        if split_component(sink_name)[0] in DURABLE_SINKS:
+            durable.append(sink)  # type: ignore[arg-type]
+        else:
+            live.append(sink)  # type: ignore[arg-type]
+    chain = build_chain(settings, topology.stages, clock, metrics)
+    return Topology(name, topology, chain, durable, live)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hopper.pubsub.base import Channels
-from hopper.pubsub.publisher import ChannelRoute, Publisher
+from hopper.pubsub.sink import ChannelSink, render_json, render_raw
 
 if TYPE_CHECKING:
     from hopper.config import PubsubSettings
@@ -22,4 +22,4 @@ def open_channels(settings: PubsubSettings) -> Channels:
     return MemoryChannels(subscriber_max_messages=settings.subscriber_max_messages)
 
 
-__all__ = ["ChannelRoute", "Channels", "Publisher", "open_channels"]
+__all__ = ["ChannelSink", "Channels", "open_channels", "render_json", "render_raw"]

@@ -9,7 +9,7 @@ from typing import Protocol
 class Channels(Protocol):
     """Named pub/sub channels.
 
-    Guarantees: ``publish`` is called from one publisher thread, after the durable commit;
+    Guarantees: ``publish`` is called from a channel sink's thread, after the durable commit;
     delivery is best effort (a subscriber that is not listening misses messages).
     """
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from hopper.store.base import TABLES, EventStore, PendingWrite, StoredError
+from hopper.sinks.base import PendingWrite
+from hopper.store.base import TABLES, EventStore, StoredError
 
 if TYPE_CHECKING:
     from hopper.config import StoreSettings

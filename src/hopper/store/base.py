@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from hopper.events.model import Event, Rejection
-
-
-@dataclass(slots=True)
-class PendingWrite:
-    """One delivery's stage output, waiting for the group commit."""
-
-    source: str
-    received_ms: int
-    events: list[Event]
-    rejections: list[Rejection] = field(default_factory=list)
+from hopper.events.model import Event
+from hopper.sinks.base import PendingWrite
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,7 +24,7 @@ class StoredError:
 
 
 class EventStore(Protocol):
-    """Durable home of accepted events, their raw bytes, and rejections.
+    """Durable home of accepted events, their raw bytes, and rejections: a durable sink.
 
     The dedup index is the primary key of ``raw_events``: ``(app_time_ms, hash)``. Being
     time-prefixed, inserts touch only the right edge of the index and lookups of events
@@ -41,6 +32,7 @@ class EventStore(Protocol):
     store grows. It is written in the same transaction as the events.
     """
 
+    name: str  # "store": its component name in the metrics
     backend: str
     # True when a commit mostly waits for another process (a database server): the
     # intake then runs the stages in a thread of their own, beside the commit.
@@ -81,3 +73,26 @@ class EventStore(Protocol):
 
 
 TABLES = ("reader_events", "raw_events", "reader_events_errors")
+
+
+class DedupIndex(Protocol):
+    """Remembers keys for a window of time; tells which keys of a batch are new.
+
+    The edge's event store keeps its own index, the primary key of ``raw_events``, inside
+    its commit's transaction; this interface is for stages that dedup on other keys (a
+    Sunbird bundle's ``msgid``, an event's ``mid``) before any store sees the records.
+    Guarantees: ``claim`` is atomic per call (two claimants of a key: one gets it), keys
+    are kept at least ``ttl_ms`` after they were claimed, and ``purge`` drops older ones.
+    """
+
+    def claim(self, namespace: str, keys: Sequence[bytes], now_ms: int) -> list[bool]:
+        """Record the keys; return, per key, True when it was not seen before."""
+        ...
+
+    def purge(self, older_than_ms: int) -> int:
+        """Forget keys claimed before ``older_than_ms``; return how many."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

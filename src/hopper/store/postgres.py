@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -11,7 +12,8 @@ import orjson
 from hopper.config import StoreSettings
 from hopper.errors import BackendMissing, BackendUnavailable
 from hopper.events.model import Event, Rejection
-from hopper.store.base import TABLES, PendingWrite, StoredError
+from hopper.sinks.base import PendingWrite
+from hopper.store.base import TABLES, StoredError
 from hopper.store.rows import (
     ERROR_COLUMNS,
     READER_EVENT_COLUMNS,
@@ -19,7 +21,7 @@ from hopper.store.rows import (
     reader_event_row,
     rows_after_raw_insert,
 )
-from hopper.store.schema import MIGRATIONS, VERSION_TABLE
+from hopper.store.schema import apply_migrations
 
 try:
     import psycopg
@@ -95,6 +97,7 @@ class PostgresEventStore:
     A lost connection makes the call raise BackendUnavailable; the next call reconnects.
     """
 
+    name = "store"
     backend = "postgres"
     commit_waits_on_server = True
 
@@ -135,30 +138,25 @@ class PostgresEventStore:
 
     def migrate(self) -> int:
         """Apply pending migrations, one transaction each, under an advisory lock."""
-        conn = self._connection()
-        ran = 0
         try:
-            for migration in MIGRATIONS:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-                    conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)"
-                    )
-                    row = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()  # noqa: S608
-                    # Re-read under the lock: another process may have applied it meanwhile.
-                    if row is not None and (row[0] or 0) >= migration.version:
-                        continue
-                    for statement in migration.postgres:
-                        conn.execute(statement)
-                    conn.execute(
-                        f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)",  # noqa: S608
-                        (migration.version,),
-                    )
-                logger.info("Applied migration %d: %s.", migration.version, migration.description)
-                ran += 1
+            return apply_migrations(self)
         except _RETRYABLE as exc:
             raise self._unavailable("migration", exc) from exc
-        return ran
+
+    dialect = "postgres"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[Callable[[str, Sequence[Any]], list[Any]]]:
+        """A transaction holding the migration lock: one migrator at a time, any process."""
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+
+            def execute(sql: str, params: Sequence[Any]) -> list[Any]:
+                cursor = conn.execute(sql.replace("?", "%s"), params)
+                return cursor.fetchall() if cursor.description is not None else []
+
+            yield execute
 
     def commit(self, writes: Sequence[PendingWrite]) -> list[list[Event]]:
         """Write all writes in one transaction; return the new events of each."""

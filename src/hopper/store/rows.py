@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hopper.events.model import Event, Rejection, content_hash
-from hopper.store.base import PendingWrite
+from hopper.sinks.base import PendingWrite
 
 READER_EVENT_COLUMNS = (
     "app_time_ms",

@@ -1,135 +1,214 @@
-"""Schema migrations: an ordered list of DDL steps per dialect, applied once each.
+"""The store's tables, defined once (SQLAlchemy Core), and the one migration loop.
 
-The schema is three tables and changes rarely, so a version table and plain DDL keep
-migrations visible and dialect-exact without an ORM (one transaction per step).
+Each table is written once and compiled to each dialect's DDL (SQLite: ``INTEGER PRIMARY
+KEY`` row ids, ``WITHOUT ROWID`` key tables, JSON as TEXT; PostgreSQL: identity columns,
+JSONB, BYTEA). Migrations are ordered steps (create a table or an index, add a column),
+applied once each under an exclusive lock by ``apply_migrations``, which both stores use;
+the version table records what ran.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.schema import CreateIndex, CreateTable, ExecutableDDLElement
+
+logger = logging.getLogger(__name__)
+
+VERSION_TABLE = "hopper_schema_version"
+
+metadata = sa.MetaData()
+
+# A row id: INTEGER PRIMARY KEY is the rowid itself on SQLite; an identity on PostgreSQL.
+ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JSON_TEXT = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
+MILLIS = sa.BigInteger  # Unix time in milliseconds
+
+
+def _id() -> sa.Column[Any]:
+    return sa.Column("id", ROW_ID, sa.Identity(always=True), primary_key=True)
+
+
+reader_events = sa.Table(
+    "reader_events",
+    metadata,
+    _id(),
+    sa.Column("app_time_ms", MILLIS, nullable=False),
+    sa.Column("received_ms", MILLIS, nullable=False),
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("school_id", sa.Text, nullable=False),
+    sa.Column("app_version", sa.Text, nullable=False),
+    sa.Column("platform", sa.Text, nullable=False),
+    sa.Column("session_id", sa.Text, nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("book_id", sa.Text),
+    sa.Column("page", sa.Integer),
+    sa.Column("payload", JSON_TEXT, nullable=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+)
+
+# The dedup index: time-prefixed, so inserts and lookups touch only the recent pages.
+raw_events = sa.Table(
+    "raw_events",
+    metadata,
+    sa.Column("app_time_ms", MILLIS, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary, primary_key=True),
+    sa.Column("received_ms", MILLIS, nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+reader_events_errors = sa.Table(
+    "reader_events_errors",
+    metadata,
+    _id(),
+    sa.Column("received_ms", MILLIS, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sa.Column("raw_size", MILLIS),  # added by migration 2
+    sa.Column("raw_hash", sa.LargeBinary),  # added by migration 2
+)
+errors_received = sa.Index("reader_events_errors_received", reader_events_errors.c.received_ms)
+
+hopper_tokens = sa.Table(
+    "hopper_tokens",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("secret_hash", sa.LargeBinary, nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("schools", sa.Text),
+    sa.Column("created_ms", MILLIS, nullable=False),
+    sa.Column("revoked_ms", MILLIS),
+)
+
+dedup_keys = sa.Table(
+    "dedup_keys",
+    metadata,
+    sa.Column("namespace", sa.Text, primary_key=True),
+    sa.Column("key", sa.LargeBinary, primary_key=True),
+    sa.Column("claimed_ms", MILLIS, nullable=False),
+    sqlite_with_rowid=False,
+)
+dedup_claimed = sa.Index("dedup_keys_claimed", dedup_keys.c.claimed_ms)
+
+DIALECTS: dict[str, Dialect] = {
+    "sqlite": sqlite.dialect(),
+    "postgres": postgresql.dialect(),  # type: ignore[no-untyped-call]
+}
+
+Step = ExecutableDDLElement | Callable[[Dialect], str]
+
+
+def create_table(table: sa.Table, *, without: Sequence[str] = ()) -> ExecutableDDLElement:
+    """Create ``table`` as it was before its columns ``without`` were added."""
+    if not without:
+        return CreateTable(table)
+    earlier = sa.Table(
+        table.name,
+        sa.MetaData(),
+        *(c._copy() for c in table.columns if c.name not in without),  # noqa: SLF001 - as Table.to_metadata copies
+        **table.kwargs,
+    )
+    return CreateTable(earlier)
+
+
+def add_column(table: sa.Table, name: str) -> Callable[[Dialect], str]:
+    """Add a (nullable) column of ``table``'s definition."""
+    column = table.c[name]
+
+    def ddl(dialect: Dialect) -> str:
+        return f"ALTER TABLE {table.name} ADD COLUMN {name} {column.type.compile(dialect)}"
+
+    return ddl
 
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema step, written for each dialect."""
+    """One schema step, written once for every dialect."""
 
     version: int
     description: str
-    sqlite: tuple[str, ...]
-    postgres: tuple[str, ...]
+    steps: tuple[Step, ...]
+
+    def statements(self, dialect: str) -> list[str]:
+        """Return the step's DDL in ``dialect`` ("sqlite" or "postgres")."""
+        compiled = DIALECTS[dialect]
+        return [
+            str(step.compile(dialect=compiled)).strip()
+            if isinstance(step, ExecutableDDLElement)
+            else step(compiled)
+            for step in self.steps
+        ]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "reader_events, raw_events (time-prefixed dedup key), reader_events_errors",
-        sqlite=(
-            """CREATE TABLE reader_events (
-                id INTEGER PRIMARY KEY,
-                app_time_ms INTEGER NOT NULL,
-                received_ms INTEGER NOT NULL,
-                username TEXT NOT NULL,
-                device_id TEXT NOT NULL,
-                school_id TEXT NOT NULL,
-                app_version TEXT NOT NULL,
-                platform TEXT NOT NULL,
-                session_id TEXT NOT NULL,
-                event_type TEXT NOT NULL,
-                book_id TEXT,
-                page INTEGER,
-                payload TEXT NOT NULL,
-                hash BLOB NOT NULL
-            )""",
-            """CREATE TABLE raw_events (
-                app_time_ms INTEGER NOT NULL,
-                hash BLOB NOT NULL,
-                received_ms INTEGER NOT NULL,
-                raw BLOB NOT NULL,
-                PRIMARY KEY (app_time_ms, hash)
-            ) WITHOUT ROWID""",
-            """CREATE TABLE reader_events_errors (
-                id INTEGER PRIMARY KEY,
-                received_ms INTEGER NOT NULL,
-                source TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                detail TEXT NOT NULL,
-                raw BLOB NOT NULL
-            )""",
-            "CREATE INDEX reader_events_errors_received ON reader_events_errors (received_ms)",
-        ),
-        postgres=(
-            """CREATE TABLE reader_events (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                app_time_ms BIGINT NOT NULL,
-                received_ms BIGINT NOT NULL,
-                username TEXT NOT NULL,
-                device_id TEXT NOT NULL,
-                school_id TEXT NOT NULL,
-                app_version TEXT NOT NULL,
-                platform TEXT NOT NULL,
-                session_id TEXT NOT NULL,
-                event_type TEXT NOT NULL,
-                book_id TEXT,
-                page INTEGER,
-                payload JSONB NOT NULL,
-                hash BYTEA NOT NULL
-            )""",
-            """CREATE TABLE raw_events (
-                app_time_ms BIGINT NOT NULL,
-                hash BYTEA NOT NULL,
-                received_ms BIGINT NOT NULL,
-                raw BYTEA NOT NULL,
-                PRIMARY KEY (app_time_ms, hash)
-            )""",
-            """CREATE TABLE reader_events_errors (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                received_ms BIGINT NOT NULL,
-                source TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                detail TEXT NOT NULL,
-                raw BYTEA NOT NULL
-            )""",
-            "CREATE INDEX reader_events_errors_received ON reader_events_errors (received_ms)",
+        (
+            CreateTable(reader_events),
+            CreateTable(raw_events),
+            create_table(reader_events_errors, without=("raw_size", "raw_hash")),
+            CreateIndex(errors_received),
         ),
     ),
     Migration(
         2,
         "reader_events_errors keeps the full size and hash of bytes it keeps only a prefix of",
-        sqlite=(
-            "ALTER TABLE reader_events_errors ADD COLUMN raw_size INTEGER",
-            "ALTER TABLE reader_events_errors ADD COLUMN raw_hash BLOB",
-        ),
-        postgres=(
-            "ALTER TABLE reader_events_errors ADD COLUMN raw_size BIGINT",
-            "ALTER TABLE reader_events_errors ADD COLUMN raw_hash BYTEA",
+        (
+            add_column(reader_events_errors, "raw_size"),
+            add_column(reader_events_errors, "raw_hash"),
         ),
     ),
+    Migration(3, "hopper_tokens: access tokens, stored as hashes", (CreateTable(hopper_tokens),)),
     Migration(
-        3,
-        "hopper_tokens: access tokens, stored as hashes",
-        sqlite=(
-            """CREATE TABLE hopper_tokens (
-                id TEXT PRIMARY KEY,
-                name TEXT NOT NULL,
-                secret_hash BLOB NOT NULL,
-                scopes TEXT NOT NULL,
-                schools TEXT,
-                created_ms INTEGER NOT NULL,
-                revoked_ms INTEGER
-            )""",
-        ),
-        postgres=(
-            """CREATE TABLE hopper_tokens (
-                id TEXT PRIMARY KEY,
-                name TEXT NOT NULL,
-                secret_hash BYTEA NOT NULL,
-                scopes TEXT NOT NULL,
-                schools TEXT,
-                created_ms BIGINT NOT NULL,
-                revoked_ms BIGINT
-            )""",
-        ),
+        4,
+        "dedup_keys: the DedupIndex of stages that dedup on other keys than the raw bytes",
+        (CreateTable(dedup_keys), CreateIndex(dedup_claimed)),
     ),
 )
 
-VERSION_TABLE = "hopper_schema_version"
+
+class SchemaConnection(Protocol):
+    """What the migration loop needs of a store's connection."""
+
+    dialect: str  # "sqlite" or "postgres"
+
+    def exclusive(self) -> AbstractContextManager[Callable[[str, Sequence[Any]], list[Any]]]:
+        """Open a transaction that no other migrator runs beside; yield its ``execute``."""
+        ...
+
+
+def apply_migrations(conn: SchemaConnection) -> int:
+    """Apply every migration not applied yet, each in its own transaction; return how many."""
+    ran = 0
+    for migration in MIGRATIONS:
+        with conn.exclusive() as execute:
+            execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)", ())
+            # Read under the lock: another process may have just applied it.
+            row = execute(f"SELECT max(version) FROM {VERSION_TABLE}", ())  # noqa: S608
+            if (row[0][0] or 0) >= migration.version:
+                continue
+            for statement in migration.statements(conn.dialect):
+                execute(statement, ())
+            execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (?)", (migration.version,))  # noqa: S608
+        logger.info("Applied migration %d: %s.", migration.version, migration.description)
+        ran += 1
+    return ran
+
+
+def ddl(dialect: str) -> Iterator[str]:
+    """Yield the whole schema's DDL in ``dialect``, migration by migration (for docs)."""
+    for migration in MIGRATIONS:
+        yield from migration.statements(dialect)

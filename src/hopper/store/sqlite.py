@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ from typing import Any
 from hopper.config import StoreSettings
 from hopper.errors import BackendUnavailable
 from hopper.events.model import Event
-from hopper.store.base import TABLES, PendingWrite, StoredError
+from hopper.sinks.base import PendingWrite
+from hopper.store.base import TABLES, StoredError
 from hopper.store.rows import (
     ERROR_COLUMNS,
     RAW_EVENT_COLUMNS,
@@ -23,7 +24,7 @@ from hopper.store.rows import (
     reader_event_row,
     rows_after_raw_insert,
 )
-from hopper.store.schema import MIGRATIONS, VERSION_TABLE
+from hopper.store.schema import apply_migrations
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
 class SqliteEventStore:
     """Event store in one SQLite file; use one instance per thread."""
 
+    name = "store"
     backend = "sqlite"
     commit_waits_on_server = False
 
@@ -169,30 +171,21 @@ class SqliteEventStore:
 
     def migrate(self) -> int:
         """Apply pending migrations, each in its own transaction."""
+        return apply_migrations(self)
+
+    dialect = "sqlite"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[Callable[[str, Sequence[Any]], list[Any]]]:
+        """A write transaction (BEGIN IMMEDIATE): one migrator at a time."""
         conn = self._conn
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
-        ran = 0
-        for migration in MIGRATIONS:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Read under the write lock: another process may have just applied it.
-                row = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()  # noqa: S608
-                if (row[0] or 0) >= migration.version:
-                    conn.execute("COMMIT")
-                    continue
-                for statement in migration.sqlite:
-                    conn.execute(statement)
-                conn.execute(
-                    f"INSERT INTO {VERSION_TABLE} (version) VALUES (?)",  # noqa: S608
-                    (migration.version,),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-            logger.info("Applied migration %d: %s.", migration.version, migration.description)
-            ran += 1
-        return ran
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield lambda sql, params: conn.execute(sql, params).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
 
     def commit(self, writes: Sequence[PendingWrite]) -> list[list[Event]]:
         """Write all writes in one transaction; return the new events of each."""

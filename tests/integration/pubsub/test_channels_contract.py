@@ -7,6 +7,7 @@ Redis. Channel names are unique per test so parallel runs on one Redis do not co
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
@@ -22,10 +23,11 @@ from starlette.testclient import TestClient
 from hopper.client import make_event
 from hopper.config import load_settings
 from hopper.edge import create_app
+from hopper.errors import BackendUnavailable
 from hopper.events import decode_batch, encode_batch
 from hopper.events.model import Event
 from hopper.observe.metrics import HopperMetrics
-from hopper.pubsub import ChannelRoute, Channels, Publisher
+from hopper.pubsub import Channels, ChannelSink, render_json, render_raw
 from hopper.pubsub.memory import MemoryChannels
 from hopper.testing import NOW_MS, FrozenClock, bearer, create_token, make_batch, page_view
 
@@ -131,7 +133,21 @@ async def test_subscriber_of_another_channel_gets_nothing(channels: Channels) ->
 
 
 def test_ping_answers(channels: Channels) -> None:
-    channels.ping()
+    assert channels.ping() is None  # no BackendUnavailable: see the next test for a dead one
+
+
+def test_ping_of_an_unreachable_redis_raises() -> None:
+    from hopper.pubsub.redis import RedisChannels
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    dead = RedisChannels(f"redis://127.0.0.1:{port}/0")
+    try:
+        with pytest.raises(BackendUnavailable, match="Redis unavailable"):
+            dead.ping()
+    finally:
+        dead.close()
 
 
 async def test_aclose_unsubscribes(channels: Channels) -> None:
@@ -169,16 +185,39 @@ def _mixed_events() -> list[Event]:
     return events
 
 
-async def test_publisher_routes_raw_protos_and_filtered_json(channels: Channels) -> None:
+class Publisher:
+    """Several channel sinks offered the same commits, as a topology's live sinks are."""
+
+    def __init__(self, sinks: list[ChannelSink]) -> None:
+        self.sinks = sinks
+
+    def start(self) -> None:
+        for sink in self.sinks:
+            sink.start()
+
+    def offer(self, events: list[Event], received_ms: int) -> None:
+        for sink in self.sinks:
+            sink.offer([(events, received_ms)])
+
+    def stop(self) -> None:
+        for sink in self.sinks:
+            sink.stop()
+
+
+async def test_channel_sinks_render_raw_protos_and_filtered_json(channels: Channels) -> None:
     protos, lp_all, lp_cards = _name("protos"), _name("lp-all"), _name("lp-cards")
+    metrics = HopperMetrics()
+    cards = frozenset({"flashcard_reviewed"})
     publisher = Publisher(
-        channels,
         [
-            ChannelRoute("protos", protos),
-            ChannelRoute("lp-events", lp_all),
-            ChannelRoute("lp-events", lp_cards, frozenset({"flashcard_reviewed"})),
-        ],
-        HopperMetrics(),
+            ChannelSink("protos", channels, protos, render_raw, metrics, message_format="protobuf"),
+            ChannelSink(
+                "lp-events", channels, lp_all, render_json(), metrics, message_format="json"
+            ),
+            ChannelSink(
+                "lp-cards", channels, lp_cards, render_json(cards), metrics, message_format="json"
+            ),
+        ]
     )
     raw_sub = await channels.subscribe(protos)
     all_sub = await channels.subscribe(lp_all)
@@ -206,10 +245,13 @@ async def test_publisher_routes_raw_protos_and_filtered_json(channels: Channels)
             await sub.aclose()
 
 
-async def test_publisher_drops_and_counts_when_its_buffer_is_full(channels: Channels) -> None:
+async def test_a_channel_sink_drops_and_counts_when_its_buffer_is_full(channels: Channels) -> None:
     channel = _name("overflow")
     metrics = HopperMetrics()
-    publisher = Publisher(channels, [ChannelRoute("protos", channel)], metrics, max_events=10)
+    sink = ChannelSink(
+        "protos", channels, channel, render_raw, metrics, message_format="protobuf", max_events=10
+    )
+    publisher = Publisher([sink])
     events, _ = decode_batch(make_batch(15))
     subscription = await channels.subscribe(channel)
     # The publishing thread is not started yet, so nothing drains the buffer: offers

@@ -12,14 +12,17 @@ import pytest
 from hopper.config import load_settings
 from hopper.errors import BackendUnavailable
 from hopper.events import Event, content_hash
-from hopper.ingest.intake import BatchOutcome, Intake
+from hopper.ingest.base import BatchOutcome
+from hopper.ingest.intake import Intake
 from hopper.observe.metrics import HopperMetrics
-from hopper.pipeline import build_edge_pipeline
-from hopper.pubsub import ChannelRoute, Publisher
+from hopper.pipeline import build_chain
+from hopper.pubsub import ChannelSink, render_raw
 from hopper.pubsub.memory import MemoryChannels
-from hopper.store.base import PendingWrite
+from hopper.sinks import PendingWrite
 from hopper.store.sqlite import SqliteEventStore
 from hopper.testing import NOW_MS, FrozenClock, make_batch
+
+PROTOBUF = {"message_format": "protobuf"}
 
 
 class FlakyStore(SqliteEventStore):
@@ -49,10 +52,9 @@ def _intake(store: SqliteEventStore, **kwargs: Any) -> tuple[Intake, HopperMetri
     settings = load_settings()
     metrics = HopperMetrics()
     clock = FrozenClock(NOW_MS)
-    publisher = Publisher(MemoryChannels(), [ChannelRoute("protos", "protos")], metrics)
-    intake = Intake(
-        build_edge_pipeline(settings, clock, metrics), store, publisher, metrics, clock, **kwargs
-    )
+    live = [ChannelSink("protos", MemoryChannels(), "protos", render_raw, metrics, **PROTOBUF)]
+    chain = build_chain(settings, settings.pipeline.edge.stages, clock, metrics)
+    intake = Intake(chain, [store], live, metrics, clock, **kwargs)
     return intake, metrics
 
 
@@ -121,12 +123,14 @@ def test_unexpected_store_error_fails_the_batch_without_killing_the_writer(tmp_p
     intake.start()
     try:
         (first,) = _submit_all(intake, [make_batch(3)])
+        assert intake.is_alive  # the writer survived the error...
         (second,) = _submit_all(intake, [make_batch(3)])
+        assert intake.is_alive  # ...and goes on
     finally:
         intake.stop()
     assert first.error is not None and first.accepted == 0
     assert second.error is None and second.accepted == 3  # the resend is stored
-    assert intake.is_alive is False  # stopped cleanly by stop(), not crashed before
+    assert intake.is_alive is False  # and stop() does stop it
 
 
 def test_one_payload_that_breaks_the_transaction_fails_alone(tmp_path: Path) -> None:
@@ -142,8 +146,8 @@ def test_one_payload_that_breaks_the_transaction_fails_alone(tmp_path: Path) -> 
     )
     metrics = HopperMetrics()
     clock = FrozenClock(NOW_MS)
-    publisher = Publisher(MemoryChannels(), [], metrics)
-    intake = Intake(build_edge_pipeline(settings, clock, metrics), store, publisher, metrics, clock)
+    chain = build_chain(settings, ["decode", "dedup"], clock, metrics)
+    intake = Intake(chain, [store], [], metrics, clock)
     no_payload = encode_batch([pb.Event(username="u", device_id="d", app_time_ms=NOW_MS)])
     results: dict[int, BatchOutcome] = {}
     for n, payload in enumerate([make_batch(3), no_payload, make_batch(3, start=10)]):
@@ -182,14 +186,14 @@ def test_a_bug_in_the_stages_fails_its_payload_alone(tmp_path: Path) -> None:
     store.migrate()
     intake, metrics = _intake(store)
     poison = b"poison"
-    run = intake._pipeline.run
+    run = intake._chain.run
 
     def buggy_run(payload: bytes, *args: object) -> object:
         if payload == poison:
             raise RuntimeError("a bug, not bad data")
         return run(payload, *args)  # type: ignore[arg-type]
 
-    intake._pipeline.run = buggy_run  # type: ignore[method-assign,assignment]
+    intake._chain.run = buggy_run  # type: ignore[method-assign,assignment]
     intake.start()
     try:
         outcomes = _submit_all(intake, [make_batch(5), poison, make_batch(5, start=5)])
