@@ -29,7 +29,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -51,9 +50,10 @@ from hopper.config import HopperSettings, StoreSettings
 from hopper.events._pb import events_pb2 as pb
 from hopper.events.protobuf import decode_batch, encode_batch
 from hopper.observe.metrics import HopperMetrics
-from hopper.pipeline.topology import build_edge_pipeline
+from hopper.pipeline import build_chain
 from hopper.store import PendingWrite, open_event_store
 from hopper.store.rows import reader_event_row
+from hopper.testing import free_port, write_config
 
 BATCH_EVENTS = 100
 EVENTS_PER_MS = 10  # app times of new events advance 1 ms every 10 events (unique keys)
@@ -249,8 +249,9 @@ def parse_ceiling(batches: Batches, secs: float) -> dict[str, Any]:
 
 def stages_ceiling(batches: Batches, secs: float) -> dict[str, Any]:
     """The edge stages (decode, validate, dedup) as the server configures them, one core."""
-    pipeline = build_edge_pipeline(HopperSettings(), SystemClock(), HopperMetrics())
-    return _timed_loop(batches.payloads, secs, lambda p: len(pipeline.run(p).passed))
+    settings = HopperSettings()
+    chain = build_chain(settings, settings.pipeline.edge.stages, SystemClock(), HopperMetrics())
+    return _timed_loop(batches.payloads, secs, lambda p: len(chain.run(p).passed))
 
 
 def _groups(batches: Batches) -> Iterator[list[bytes]]:
@@ -333,30 +334,6 @@ def store_commit_ceiling(settings: StoreSettings, batches: Batches, secs: float)
 
 
 # -- the server ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return str(value)
-
-
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
 
 
 class Server:
@@ -918,7 +895,7 @@ class StoreBench:
         target, settings = self.fresh_store(label)
         port = free_port()
         run_id = f"{os.getpid()}-{int(time.time())}-{label}"
-        config = {
+        config: dict[str, dict[str, Any]] = {
             "server": {"host": "127.0.0.1", "port": port},
             "store": {"backend": self.kind},
             "pipeline.edge": {"sources": ["http", "websocket"]},

