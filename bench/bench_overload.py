@@ -24,15 +24,8 @@ from typing import Any
 import httpx
 import orjson
 import seed
-from bench_ingest import (
-    BATCH_EVENTS,
-    BENCH_POOL_SEED,
-    Server,
-    Stamper,
-    log,
-    now_ms,
-    websocket_phase,
-)
+from harness import BATCH_EVENTS, BENCH_POOL_SEED, Server, Stamper, log, now_ms
+from phases import websocket_phase
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 

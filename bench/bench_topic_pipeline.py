@@ -32,15 +32,8 @@ from typing import Any
 
 import psycopg
 import seed
-from bench_ingest import (
-    BATCH_EVENTS,
-    BENCH_POOL_SEED,
-    Server,
-    Stamper,
-    log,
-    now_ms,
-    websocket_phase,
-)
+from harness import BATCH_EVENTS, BENCH_POOL_SEED, Server, Stamper, log, now_ms
+from phases import websocket_phase
 
 from hopper.access import Scope, create_token
 from hopper.config import StoreSettings

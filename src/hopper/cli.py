@@ -410,7 +410,7 @@ def job(
 ) -> None:
     """Run one scheduled job now (for cron or a Kubernetes CronJob)."""
     from hopper.clock import SystemClock
-    from hopper.jobs import JOBS
+    from hopper.edge.jobs import EDGE_JOBS as JOBS
 
     if name not in JOBS:
         _error(f"unknown job {name!r}; known: {', '.join(JOBS)}")

@@ -218,6 +218,14 @@ class AuthSettings(BaseModel):
     cache_secs: float = Field(5.0, gt=0)
 
 
+class EcImportSettings(BaseModel):
+    """The daily e-content import (``hopper job ec-import``): the analytics' reference data."""
+
+
+class ProcessingSettings(BaseModel):
+    """The incremental analytics (``hopper job process``): derived tables from the events."""
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -241,6 +249,8 @@ class HopperSettings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     topics: TopicSettings = TopicSettings()
     auth: AuthSettings = AuthSettings()
+    ecimport: EcImportSettings = EcImportSettings()
+    processing: ProcessingSettings = ProcessingSettings()
     log: LogSettings = LogSettings()
 
 

@@ -179,3 +179,13 @@ def test_zabbix_template_names_the_health_fields_without_yaml() -> None:
     assert "status_codes: '200,503'" in text
     for field in HEALTH_FIELDS:
         assert f"- $.{field}\n" in text
+
+
+def test_the_example_worker_config_is_sound() -> None:
+    from hopper.config import load_settings
+    from hopper.pipeline import check_topologies
+
+    settings = load_settings(DOCS / "examples" / "central.toml")
+    assert check_topologies(settings) == []
+    central = settings.pipeline.topologies()["central"]
+    assert central.sources == ["topic:edge-events"] and central.sinks == ["store"]

@@ -16,6 +16,7 @@ from hopper.access import AuthError, Scope
 from hopper.clock import Clock
 from hopper.config import HopperSettings
 from hopper.edge.health import HEALTH_MEDIA_TYPE, health_report
+from hopper.edge.jobs import EDGE_JOBS
 from hopper.edge.node import EdgeNode
 from hopper.edge.stream import stream_channel
 from hopper.ingest import HttpEventReceiver, WebSocketEventReceiver
@@ -33,7 +34,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         node.start()
-        jobs = asyncio.create_task(run_scheduler(settings, node.clock)) if run_jobs else None
+        jobs = (
+            asyncio.create_task(run_scheduler(settings, node.clock, EDGE_JOBS))
+            if run_jobs
+            else None
+        )
         try:
             yield
         finally:

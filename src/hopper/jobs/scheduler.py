@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from hopper.clock import Clock
 from hopper.config import HopperSettings
@@ -12,9 +13,11 @@ from hopper.jobs.registry import JOBS, Job
 logger = logging.getLogger(__name__)
 
 
-async def run_scheduler(settings: HopperSettings, clock: Clock) -> None:
+async def run_scheduler(
+    settings: HopperSettings, clock: Clock, jobs: Mapping[str, Job] = JOBS
+) -> None:
     """Run each job once at start-up and then at its interval, until cancelled."""
-    await asyncio.gather(*(_every(job, settings, clock) for job in JOBS.values()))
+    await asyncio.gather(*(_every(job, settings, clock) for job in jobs.values()))
 
 
 async def _every(job: Job, settings: HopperSettings, clock: Clock) -> None:

@@ -14,6 +14,7 @@ from hopper.errors import BackendMissing, BackendUnavailable
 from hopper.events.model import Event, Rejection
 from hopper.sinks.base import PendingWrite
 from hopper.store.base import TABLES, StoredError
+from hopper.store.migrations import apply_migrations
 from hopper.store.rows import (
     ERROR_COLUMNS,
     READER_EVENT_COLUMNS,
@@ -21,7 +22,6 @@ from hopper.store.rows import (
     reader_event_row,
     rows_after_raw_insert,
 )
-from hopper.store.schema import apply_migrations
 
 try:
     import psycopg

@@ -1,19 +1,17 @@
-"""The store's tables, defined once (SQLAlchemy Core), and the one migration loop.
+"""The event tables, defined once (SQLAlchemy Core), and how a migration step is written.
 
 Each table is written once and compiled to each dialect's DDL (SQLite: ``INTEGER PRIMARY
 KEY`` row ids, ``WITHOUT ROWID`` key tables, JSON as TEXT; PostgreSQL: identity columns,
-JSONB, BYTEA). Migrations are ordered steps (create a table or an index, add a column),
-applied once each under an exclusive lock by ``apply_migrations``, which both stores use;
-the version table records what ran.
+JSONB, BYTEA). A migration is a list of steps (create a table or an index, add a column);
+``hopper.store.migrations`` orders every part's migrations and applies them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -152,7 +150,8 @@ class Migration:
         ]
 
 
-MIGRATIONS: tuple[Migration, ...] = (
+# The event tables' migrations; hopper.store.migrations adds those of other parts.
+CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "reader_events, raw_events (time-prefixed dedup key), reader_events_errors",
@@ -178,37 +177,3 @@ MIGRATIONS: tuple[Migration, ...] = (
         (CreateTable(dedup_keys), CreateIndex(dedup_claimed)),
     ),
 )
-
-
-class SchemaConnection(Protocol):
-    """What the migration loop needs of a store's connection."""
-
-    dialect: str  # "sqlite" or "postgres"
-
-    def exclusive(self) -> AbstractContextManager[Callable[[str, Sequence[Any]], list[Any]]]:
-        """Open a transaction that no other migrator runs beside; yield its ``execute``."""
-        ...
-
-
-def apply_migrations(conn: SchemaConnection) -> int:
-    """Apply every migration not applied yet, each in its own transaction; return how many."""
-    ran = 0
-    for migration in MIGRATIONS:
-        with conn.exclusive() as execute:
-            execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)", ())
-            # Read under the lock: another process may have just applied it.
-            row = execute(f"SELECT max(version) FROM {VERSION_TABLE}", ())  # noqa: S608
-            if (row[0][0] or 0) >= migration.version:
-                continue
-            for statement in migration.statements(conn.dialect):
-                execute(statement, ())
-            execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (?)", (migration.version,))  # noqa: S608
-        logger.info("Applied migration %d: %s.", migration.version, migration.description)
-        ran += 1
-    return ran
-
-
-def ddl(dialect: str) -> Iterator[str]:
-    """Yield the whole schema's DDL in ``dialect``, migration by migration (for docs)."""
-    for migration in MIGRATIONS:
-        yield from migration.statements(dialect)

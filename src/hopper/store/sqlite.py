@@ -16,6 +16,7 @@ from hopper.errors import BackendUnavailable
 from hopper.events.model import Event
 from hopper.sinks.base import PendingWrite
 from hopper.store.base import TABLES, StoredError
+from hopper.store.migrations import apply_migrations
 from hopper.store.rows import (
     ERROR_COLUMNS,
     RAW_EVENT_COLUMNS,
@@ -24,7 +25,6 @@ from hopper.store.rows import (
     reader_event_row,
     rows_after_raw_insert,
 )
-from hopper.store.schema import apply_migrations
 
 logger = logging.getLogger(__name__)
 

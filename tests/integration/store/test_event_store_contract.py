@@ -25,7 +25,7 @@ from hopper.events import (
 )
 from hopper.jobs.registry import purge_errors as purge_errors_job
 from hopper.store import TABLES, EventStore, PendingWrite, StoredError, open_event_store
-from hopper.store.schema import MIGRATIONS
+from hopper.store.migrations import MIGRATIONS
 from hopper.testing import NOW_MS, FrozenClock, make_batch, page_view
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from hopper.cli import app
 from hopper.config import load_settings
 from hopper.errors import ConfigError
-from hopper.store.schema import MIGRATIONS
+from hopper.store.migrations import MIGRATIONS
 
 runner = CliRunner()
 
