@@ -27,6 +27,7 @@ SERVICES = {
     "redis": ("127.0.0.1", 6379),
     "mosquitto": (MQTT_HOST, MQTT_PORT),
     "nats": ("127.0.0.1", 4222),
+    "mariadb": ("127.0.0.1", 3306),
 }
 
 

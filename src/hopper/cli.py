@@ -416,7 +416,23 @@ def job(
         _error(f"unknown job {name!r}; known: {', '.join(JOBS)}")
         raise typer.Exit(2)
     settings = _settings(config)
-    typer.echo(JOBS[name].run(settings, SystemClock()))
+    from hopper.jobs.history import engine_for
+    from hopper.jobs.scheduler import run_and_record
+    from hopper.store import open_event_store
+
+    store = open_event_store(settings.store)  # the history table comes with the schema
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    engine = engine_for(settings.store)
+    try:
+        typer.echo(run_and_record(JOBS[name], settings, SystemClock(), engine))
+    except HopperError as exc:  # a failed run: say why, exit non-zero (for cron and CronJobs)
+        _error(exc)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
 
 
 @config_app.command("check")
@@ -478,11 +494,22 @@ def token_create(
     name: Annotated[str, typer.Option(help="Who or what the token is for, e.g. 'tablets'.")],
     scope: Annotated[
         list[str],
-        typer.Option(help="A scope to grant (repeat): ingest, stream, metrics, admin."),
+        typer.Option(
+            help="A scope to grant (repeat): ingest, stream, metrics, admin; for the "
+            "analytics API apps, portal, devops, ec, teachers."
+        ),
     ],
     school: Annotated[
         list[str] | None,
         typer.Option(help="Bind the token to this school_id (repeat); default: any school."),
+    ] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(help="Bind the token to one student (username): it reads only theirs."),
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="Bind the token to one teacher (teacher_id): only their classes."),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -498,14 +525,25 @@ def token_create(
             f"unknown scope(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}"
         )
         raise typer.Exit(2)
+    if student and teacher:
+        _error("bind a token to one student or one teacher, not both")
+        raise typer.Exit(2)
+    subject = f"student:{student}" if student else f"teacher:{teacher}" if teacher else None
     try:
         issued = create_token(
-            settings.store, name, [Scope(s) for s in scope], school or None, SystemClock().now_ms()
+            settings.store,
+            name,
+            [Scope(s) for s in scope],
+            school or None,
+            SystemClock().now_ms(),
+            subject=subject,
         )
     except HopperError as exc:
         _error(exc)
         raise typer.Exit(2) from exc
     bound = ", ".join(school) if school else "any school"
+    if subject:
+        bound += f"; {subject} only"
     console.print(
         f"Created token {issued.stored.id} ({name}: {' '.join(issued.stored.scopes)}; {bound}). "
         "Its secret is shown once, below; store it now."
@@ -521,13 +559,14 @@ def token_list(config: ConfigOption = None) -> None:
     settings = _settings(config)
     with _token_store(settings) as tokens:
         rows = tokens.all()
-    table = Table("id", "name", "scopes", "schools", "created", "revoked")
+    table = Table("id", "name", "scopes", "schools", "for", "created", "revoked")
     for t in rows:
         table.add_row(
             t.id,
             t.name,
             " ".join(t.scopes),
             "any" if t.schools is None else " ".join(t.schools),
+            t.subject or "",
             _iso(t.created_ms),
             "" if t.revoked_ms is None else _iso(t.revoked_ms),
         )

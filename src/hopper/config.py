@@ -7,7 +7,7 @@ Values come from (highest first) keyword overrides, ``HOPPER_*`` environment var
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -218,12 +218,162 @@ class AuthSettings(BaseModel):
     cache_secs: float = Field(5.0, gt=0)
 
 
+# The reference tables a source can provide (hopper.store.reference defines them).
+EcTableName = Literal[
+    "ec_schools",
+    "ec_students",
+    "ec_classes",
+    "ec_class_members",
+    "ec_teachers",
+    "ec_class_teachers",
+    "ec_books",
+    "ec_resources",
+    "ec_learning_paths",
+    "ec_lp_steps",
+]
+
+
+class EcSqlSourceSettings(BaseModel):
+    """An SQL database (MariaDB/MySQL, PostgreSQL, SQLite) read with one query per table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sql"]
+    name: str = Field(min_length=1)  # how logs, errors and ec_table_state.source call it
+    # SQLAlchemy URL: mysql://, mariadb:// (PyMySQL), postgresql:// (psycopg), sqlite:///.
+    url: SecretStr
+    # Table -> SELECT whose result columns are named as the table's columns.
+    tables: dict[EcTableName, str] = Field(min_length=1)
+    # Connecting, and each read from the server (a statement on PostgreSQL), at most this.
+    timeout_secs: float = Field(60.0, gt=0)
+
+
+class EcHttpSourceSettings(BaseModel):
+    """HTTP endpoints answering JSON rows, one path per table, read page by page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["http"]
+    name: str = Field(min_length=1)
+    base_url: str = Field(pattern=r"^https?://")
+    # Table -> path relative to base_url (or a full URL).
+    tables: dict[EcTableName, str] = Field(min_length=1)
+    # Sent with every request when auth_value is set (e.g. "Bearer ...").
+    auth_header: str = "Authorization"
+    auth_value: SecretStr | None = None
+    timeout_secs: float = Field(30.0, gt=0)
+    # Attempts after the first for a timeout, a connection error, 429 or 5xx.
+    retries: int = Field(3, ge=0)
+    backoff_secs: float = Field(1.0, ge=0)  # doubled at each retry ...
+    backoff_max_secs: float = Field(30.0, ge=0)  # ... up to this (also caps Retry-After)
+    # A page larger than this fails the table (the body is read at most this far).
+    max_page_bytes: int = Field(8 * MIB, gt=0)
+    # "next": follow the answer's next link (field next_field, or a Link rel="next"
+    # header); "offset": offset_param/limit_param; "page": page_param (1, 2, ...) and
+    # limit_param; "none": one request.
+    paging: Literal["next", "offset", "page", "none"] = "next"
+    page_size: int = Field(500, gt=0)  # limit_param's value ("offset" and "page")
+    next_field: str = "next"  # dotted path in the answer object: "links.next"
+    # Where the rows are in an answer object (dotted); unset: the answer itself when it is
+    # a list, else the first list among "items", "data", "results", "rows".
+    items_field: str | None = None
+    page_param: str = "page"
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    max_pages: int = Field(10_000, gt=0)  # per table, against a next link that never ends
+
+
+EcSourceSettings = Annotated[
+    EcSqlSourceSettings | EcHttpSourceSettings, Field(discriminator="kind")
+]
+
+
 class EcImportSettings(BaseModel):
     """The daily e-content import (``hopper job ec-import``): the analytics' reference data."""
 
+    # How often ``hopper serve`` runs it (first run at start-up).
+    interval_secs: int = Field(DAY_SECS, gt=0)
+    # [[ecimport.sources]]: each provides some tables; none configured, the job does nothing.
+    sources: list[EcSourceSettings] = []
+    # A table whose source has more rows than this fails (its previous data is kept).
+    max_rows: int = Field(1_000_000, gt=0)
+    # A text value longer than this makes its row bad.
+    max_value_chars: int = Field(10_000, gt=0)
+    # Rows read, checked and staged at a time (bounds the memory a table takes).
+    batch_rows: int = Field(1000, gt=0)
+    # Bad rows described per table in the log and the summary (all are counted).
+    max_reported_bad_rows: int = Field(20, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source_per_table(self) -> EcImportSettings:
+        names = [source.name for source in self.sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"source names must be unique: {', '.join(repeated)}")
+        provider: dict[str, str] = {}
+        for source in self.sources:
+            for table in source.tables:
+                if table in provider:
+                    raise ValueError(
+                        f"table {table} is provided by both {provider[table]} and {source.name}"
+                    )
+                provider[table] = source.name
+        return self
+
 
 class ProcessingSettings(BaseModel):
-    """The incremental analytics (``hopper job process``): derived tables from the events."""
+    """The incremental analytics (``hopper job process``): derived tables from the events.
+
+    Every field but ``interval_secs`` shapes the results: each run stores them in
+    ``an_runs.settings``, and a run whose settings differ from the last one's recomputes
+    everything. Definitions: docs/analytics.md.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # How often ``hopper serve`` runs it (first run at start-up).
+    interval_secs: int = Field(900, gt=0)
+    # A gap between two events of a student longer than this starts a new session.
+    session_gap_secs: int = Field(300, gt=0)
+    # A page shown for less than this is not read (time 0); longer counts up to page_max_secs.
+    page_min_secs: int = Field(5, ge=0)
+    page_max_secs: int = Field(120, gt=0)
+    # A book is completed when this share of its pages (ec_books.page_count) has been read.
+    book_completed_share: float = Field(0.9, gt=0, le=1)
+    # Flashcard grades (0-5) below this are failures (FSRS "Again"); this one is "Hard",
+    # one more "Good", two or more "Easy".
+    flashcard_pass_grade: int = Field(3, ge=1)
+    # A card is mastered when its FSRS interval is at least this many days (Anki's "mature").
+    flashcard_mastered_days: int = Field(21, gt=0)
+    # The FSRS scheduler (PyPI fsrs, default parameters, no fuzzing).
+    fsrs_desired_retention: float = Field(0.9, gt=0, lt=1)
+    fsrs_learning_steps_mins: list[int] = Field([1, 10])
+    fsrs_relearning_steps_mins: list[int] = Field([10])
+    fsrs_maximum_interval_days: int = Field(36500, gt=0)
+    # A learning-path step scored below this (0-1) is a failed attempt.
+    lp_pass_score: float = Field(0.5, ge=0, le=1)
+    # School days, ISO weekdays (1 = Monday): the "no reading" rule counts only these.
+    school_weekdays: list[int] = Field([1, 2, 3, 4, 5], min_length=1)
+    # Needs-help rules look only at students with an event in the last this many days.
+    help_lookback_days: int = Field(30, gt=0)
+    # Flag a step failed more than this many times and never passed.
+    help_max_failed_attempts: int = Field(3, ge=0)
+    # Flag a student who read nothing on the last this many school days before today.
+    help_no_reading_school_days: int = Field(5, gt=0)
+    # Flag a deck whose retention is below this, once it has help_min_retention_reviews.
+    help_min_retention: float = Field(0.7, ge=0, le=1)
+    help_min_retention_reviews: int = Field(20, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProcessingSettings:
+        if self.page_max_secs < self.page_min_secs:
+            raise ValueError("page_max_secs must be at least page_min_secs")
+        if any(not 1 <= day <= 7 for day in self.school_weekdays):
+            raise ValueError("school_weekdays are ISO weekdays, 1 (Monday) to 7 (Sunday)")
+        steps = (*self.fsrs_learning_steps_mins, *self.fsrs_relearning_steps_mins)
+        if any(step <= 0 for step in steps):
+            raise ValueError("FSRS steps are minutes > 0")
+        return self
 
 
 class LogSettings(BaseModel):

@@ -92,7 +92,7 @@ def test_setting_defaults_in_the_docs_match_the_code() -> None:
             continue  # unset values and secrets are described in words
         shown = str(value).lower() if isinstance(value, bool) else str(value)
         if isinstance(value, list):
-            shown = "[" + ", ".join(f'"{item}"' for item in value) + "]"
+            shown = "[" + ", ".join(f'"{i}"' if isinstance(i, str) else str(i) for i in value) + "]"
         assert shown in row.group(1).replace("`", ""), f"{name}: default {shown!r} not shown"
 
 

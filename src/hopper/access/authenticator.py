@@ -84,6 +84,20 @@ class Authenticator:
             raise
         return principal
 
+    async def authenticate_any(self, token: str | None, scopes: Sequence[Scope]) -> Principal:
+        """Verify ``token`` and that it grants at least one of ``scopes``."""
+        if self.is_open:
+            return OPEN_PRINCIPAL
+        try:
+            principal = await self._verify(token)
+            if not any(principal.has(scope) for scope in scopes):
+                wanted = " or ".join(scopes)
+                raise AuthError(403, "scope", f"this token grants none of the scopes {wanted}")
+        except AuthError as exc:
+            self._metrics.auth_failures.labels(reason=exc.reason).inc()
+            raise
+        return principal
+
     async def _verify(self, token: str | None) -> Principal:
         if token is None:
             raise AuthError(401, "missing", "a bearer token is required")

@@ -28,6 +28,12 @@ class Scope(StrEnum):
     STREAM = "stream"
     METRICS = "metrics"
     ADMIN = "admin"
+    # The analytics API's audiences.
+    APPS = "apps"  # the students' apps: a student's own summary, books, timeline
+    PORTAL = "portal"  # the school portal: schools and classes
+    DEVOPS = "devops"  # devices, ingest, errors, jobs
+    EC = "ec"  # the e-content platform: which resources a student opened
+    TEACHERS = "teachers"  # a teacher's classes and their students
 
 
 _SCOPE_NAMES = frozenset(s.value for s in Scope)
@@ -50,6 +56,7 @@ class Principal:
     name: str
     scopes: frozenset[Scope]
     schools: frozenset[str] | None  # None: any school
+    subject: str | None = None  # "student:<username>" / "teacher:<teacher_id>": only theirs
 
     def has(self, scope: Scope) -> bool:
         """Tell whether the token grants ``scope``."""
@@ -58,6 +65,18 @@ class Principal:
     def may_see(self, school_id: str) -> bool:
         """Tell whether the token covers events of ``school_id``."""
         return self.schools is None or school_id in self.schools
+
+    @property
+    def student(self) -> str | None:
+        """Return the username of the one student this token is for, if bound to one."""
+        kind, _, who = (self.subject or "").partition(":")
+        return who if kind == "student" else None
+
+    @property
+    def teacher(self) -> str | None:
+        """Return the id of the one teacher this token is for, if bound to one."""
+        kind, _, who = (self.subject or "").partition(":")
+        return who if kind == "teacher" else None
 
 
 # Who everyone is when auth.mode = "open": every scope, every school.
@@ -78,7 +97,12 @@ def hash_secret(secret: str) -> bytes:
 
 
 def issue_token(
-    name: str, scopes: Iterable[Scope], schools: Iterable[str] | None, now_ms: int
+    name: str,
+    scopes: Iterable[Scope],
+    schools: Iterable[str] | None,
+    now_ms: int,
+    *,
+    subject: str | None = None,
 ) -> IssuedToken:
     """Make a new token with a random id and secret."""
     token_id = secrets.token_hex(6)
@@ -90,6 +114,7 @@ def issue_token(
         tuple(sorted(Scope(s).value for s in scopes)),
         None if schools is None else tuple(sorted(set(schools))),
         now_ms,
+        subject=subject,
     )
     return IssuedToken(stored, f"{PREFIX}{token_id}_{secret}")
 
@@ -100,6 +125,8 @@ def create_token(
     scopes: Iterable[Scope],
     schools: Iterable[str] | None,
     now_ms: int,
+    *,
+    subject: str | None = None,
 ) -> IssuedToken:
     """Issue a token and store its hash in the node's store (migrating the store first)."""
     from hopper.store import open_event_store
@@ -109,7 +136,9 @@ def create_token(
         events.migrate()  # the token table comes with the store's schema
     finally:
         events.close()
-    issued = issue_token(name, scopes, schools, now_ms)
+    if subject is not None and subject.partition(":")[0] not in ("student", "teacher"):
+        raise ValueError(f"subject {subject!r}: say student:USERNAME or teacher:TEACHER_ID")
+    issued = issue_token(name, scopes, schools, now_ms, subject=subject)
     tokens = TokenStore.from_settings(store)
     try:
         tokens.add(issued.stored)
@@ -140,4 +169,5 @@ def principal_of(stored: StoredToken) -> Principal:
         stored.name,
         frozenset(Scope(s) for s in stored.scopes if s in _SCOPE_NAMES),
         None if stored.schools is None else frozenset(stored.schools),
+        stored.subject,
     )

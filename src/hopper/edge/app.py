@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from hopper import __version__
 from hopper.access import AuthError, Scope
 from hopper.clock import Clock
 from hopper.config import HopperSettings
+from hopper.edge.api import create_api
 from hopper.edge.health import HEALTH_MEDIA_TYPE, health_report
 from hopper.edge.jobs import EDGE_JOBS
 from hopper.edge.node import EdgeNode
@@ -22,6 +25,8 @@ from hopper.edge.stream import stream_channel
 from hopper.ingest import HttpEventReceiver, WebSocketEventReceiver
 from hopper.ingest.http import auth_error_response, authenticate_request
 from hopper.jobs import run_scheduler
+from hopper.store.engine import engine_for
+from hopper.web import STATIC_DIR
 
 
 def create_app(
@@ -29,6 +34,7 @@ def create_app(
 ) -> Starlette:
     """Build the edge app; its parts start and stop with the ASGI lifespan."""
     node = EdgeNode(settings, clock)
+    engine = engine_for(settings.store)  # readers beside the writer: API and job history
     sources = node.sources
 
     @contextlib.asynccontextmanager
@@ -47,6 +53,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await jobs
             await asyncio.to_thread(node.stop)
+            engine.dispose()
 
     async def health(request: Request) -> Response:
         status, body = await health_report(node)
@@ -71,6 +78,8 @@ def create_app(
                     "stream": [f"/v1/stream/{name}" for name in node.stream_channels],
                     "health": "/health",
                     "metrics": "/metrics",
+                    "analytics_api": "/v1/openapi.json",
+                    "api_docs": "/docs",
                 },
             }
         )
@@ -103,6 +112,22 @@ def create_app(
             error_raw_max_bytes=settings.ingest.error_raw_max_bytes,
         )
         routes += ws_receiver.routes()
+
+    async def docs(request: Request) -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/v1/openapi.json",
+            title="Hopper analytics API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon.png",
+        )
+
+    routes += [
+        Route("/docs", docs),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        # Last: everything else under /v1 is the analytics API.
+        Mount("/v1", create_api(node, engine)),
+    ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.node = node
     app.state.guard = node.guard

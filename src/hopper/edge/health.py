@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hopper.edge.ecimport import ec_import_health
 from hopper.edge.node import EdgeNode
 
 HEALTH_MEDIA_TYPE = "application/health+json"
@@ -49,6 +50,9 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
             failure="warn",
             topic=node.settings.mqtt.topic,
         )
+    if node.settings.ecimport.sources:
+        problem, fields = await asyncio.to_thread(ec_import_health, node.settings, now)
+        checks["ec_import"] = _check(problem, failure="warn", **fields)
     statuses = {c["status"] for c in checks.values()}
     status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
     last_commit = intake.last_commit_ms

@@ -4,6 +4,8 @@ Parts that keep tables in the node's store define them beside their code, each w
 own migrations, and list them here; versions are one sequence across parts.
 
     1-4  the event tables, tokens, the dedup index      (hopper.store.schema)
+    5  reference data (hopper.store.reference)
+    6  analytics (hopper.store.analytics)
 """
 
 from __future__ import annotations
@@ -13,11 +15,18 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from hopper.store.analytics import ANALYTICS_MIGRATIONS
+from hopper.store.reference import REFERENCE_MIGRATIONS
 from hopper.store.schema import CORE_MIGRATIONS, VERSION_TABLE, Migration
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS: tuple[Migration, ...] = tuple(sorted((*CORE_MIGRATIONS,), key=lambda m: m.version))
+MIGRATIONS: tuple[Migration, ...] = tuple(
+    sorted(
+        (*CORE_MIGRATIONS, *REFERENCE_MIGRATIONS, *ANALYTICS_MIGRATIONS),
+        key=lambda m: m.version,
+    )
+)
 if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):
     raise RuntimeError("schema migration versions must be 1, 2, 3... with no gap or repeat")
 

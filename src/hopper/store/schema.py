@@ -88,6 +88,8 @@ hopper_tokens = sa.Table(
     sa.Column("schools", sa.Text),
     sa.Column("created_ms", MILLIS, nullable=False),
     sa.Column("revoked_ms", MILLIS),
+    # Whose data an API token may read: "student:<username>" or "teacher:<teacher_id>".
+    sa.Column("subject", sa.Text),  # added by migration 7
 )
 
 dedup_keys = sa.Table(
@@ -99,6 +101,25 @@ dedup_keys = sa.Table(
     sqlite_with_rowid=False,
 )
 dedup_claimed = sa.Index("dedup_keys_claimed", dedup_keys.c.claimed_ms)
+
+# One row per run of a scheduled job (hopper.jobs.history): devops and /health read it.
+hopper_job_runs = sa.Table(
+    "hopper_job_runs",
+    metadata,
+    _id(),
+    sa.Column("job", sa.Text, nullable=False),
+    sa.Column("started_ms", MILLIS, nullable=False),
+    sa.Column("finished_ms", MILLIS, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # "ok" or "failed"
+    sa.Column("summary", sa.Text, nullable=False),  # the job's summary, or the error
+)
+job_runs_by_job = sa.Index("hopper_job_runs_job", hopper_job_runs.c.job, hopper_job_runs.c.id)
+
+
+def _index_devices(dialect: Dialect) -> str:
+    # devops lists each device's latest event: its index avoids sorting the whole table.
+    return "CREATE INDEX reader_events_device ON reader_events (device_id, id)"
+
 
 DIALECTS: dict[str, Dialect] = {
     "sqlite": sqlite.dialect(),
@@ -170,10 +191,24 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
             add_column(reader_events_errors, "raw_hash"),
         ),
     ),
-    Migration(3, "hopper_tokens: access tokens, stored as hashes", (CreateTable(hopper_tokens),)),
+    Migration(
+        3,
+        "hopper_tokens: access tokens, stored as hashes",
+        (create_table(hopper_tokens, without=("subject",)),),
+    ),
     Migration(
         4,
         "dedup_keys: the DedupIndex of stages that dedup on other keys than the raw bytes",
         (CreateTable(dedup_keys), CreateIndex(dedup_claimed)),
+    ),
+    Migration(
+        7,
+        "hopper_tokens.subject: an API token bound to one student or one teacher",
+        (add_column(hopper_tokens, "subject"),),
+    ),
+    Migration(
+        8,
+        "hopper_job_runs (the last runs of each job); reader_events by (device_id, id)",
+        (CreateTable(hopper_job_runs), CreateIndex(job_runs_by_job), _index_devices),
     ),
 )

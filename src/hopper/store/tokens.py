@@ -28,6 +28,7 @@ class StoredToken:
     schools: tuple[str, ...] | None  # None: any school
     created_ms: int
     revoked_ms: int | None = None
+    subject: str | None = None  # "student:<username>" or "teacher:<teacher_id>"
 
     @property
     def is_revoked(self) -> bool:
@@ -35,7 +36,7 @@ class StoredToken:
         return self.revoked_ms is not None
 
 
-_COLUMNS = "id, name, secret_hash, scopes, schools, created_ms, revoked_ms"
+_COLUMNS = "id, name, secret_hash, scopes, schools, created_ms, revoked_ms, subject"
 
 
 class TokenStore:
@@ -90,7 +91,7 @@ class TokenStore:
     def add(self, token: StoredToken) -> None:
         """Insert a new token."""
         self._run(
-            f"INSERT INTO hopper_tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            f"INSERT INTO hopper_tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
             (
                 token.id,
                 token.name,
@@ -99,6 +100,7 @@ class TokenStore:
                 None if token.schools is None else " ".join(token.schools),
                 token.created_ms,
                 token.revoked_ms,
+                token.subject,
             ),
         )
 
@@ -124,7 +126,7 @@ class TokenStore:
 
 
 def _token(row: tuple[Any, ...]) -> StoredToken:
-    token_id, name, secret_hash, scopes, schools, created_ms, revoked_ms = row
+    token_id, name, secret_hash, scopes, schools, created_ms, revoked_ms, subject = row
     return StoredToken(
         token_id,
         name,
@@ -133,4 +135,5 @@ def _token(row: tuple[Any, ...]) -> StoredToken:
         None if schools is None else tuple(schools.split()),
         int(created_ms),
         None if revoked_ms is None else int(revoked_ms),
+        subject,
     )

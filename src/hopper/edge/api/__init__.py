@@ -1,0 +1,65 @@
+"""The analytics API (``/v1/students``, ``/v1/portal``, ``/v1/devops``, ``/v1/ec``).
+
+JSON over the derived tables (``an_*``), the reference data (``ec_*``) and the events;
+versioned under ``/v1``; OpenAPI at ``/v1/openapi.json`` (browsable at ``/docs``). Each
+endpoint takes a bearer token with the scope of its audience (apps, portal, devops, ec,
+teachers), and a token bound to a student, a teacher or schools sees only theirs. Lists
+page with an ``after`` cursor; reports carry an ``ETag``. Bad parameters get a 4xx; a
+store that does not answer, a 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hopper import __version__
+from hopper.access import Authenticator
+from hopper.clock import Clock
+from hopper.edge.api import devops, ec, portal, students
+
+if TYPE_CHECKING:
+    from hopper.edge.node import EdgeNode
+
+
+@dataclass
+class AnalyticsApi:
+    """What the API's handlers share: the store's engine, tokens, clock and the node."""
+
+    engine: sa.Engine
+    authenticator: Authenticator
+    clock: Clock
+    node: EdgeNode
+
+
+def create_api(node: EdgeNode, engine: sa.Engine) -> FastAPI:
+    """Build the analytics API over ``engine`` (the node's store)."""
+    api = FastAPI(
+        title="Hopper analytics API",
+        version=__version__,
+        docs_url=None,  # served at /docs by the edge app, with assets that need no internet
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        description=(__doc__ or "").strip(),
+    )
+    api.state.api = AnalyticsApi(engine, node.authenticator, node.clock, node)
+    for router in (students.router, portal.router, devops.router, ec.router):
+        api.include_router(router)
+
+    @api.exception_handler(sa.exc.OperationalError)
+    @api.exception_handler(sa.exc.InterfaceError)
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the store does not answer; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    return api
+
+
+__all__ = ["AnalyticsApi", "create_api"]

@@ -1,0 +1,157 @@
+"""``/v1/devops``: devices, events and rejections per day, ingest, jobs (devops)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from hopper.access import Scope
+from hopper.edge.api.access import Caller, audience
+from hopper.edge.api.paging import MAX_LIMIT, decode_cursor, page, with_etag
+from hopper.jobs.history import last_runs
+from hopper.store.analytics import an_runs, an_sessions
+from hopper.store.schema import reader_events, reader_events_errors
+
+router = APIRouter(prefix="/devops", tags=["devops"])
+
+AUDIENCES = (Scope.DEVOPS,)
+CallerDep = Annotated[Caller, Depends(audience(*AUDIENCES))]
+DAY_MS = 86_400_000
+
+
+@router.get("/devices", summary="Devices, last seen, with app version and platform")
+def devices(
+    request: Request,
+    caller: CallerDep,
+    after: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+) -> dict[str, Any]:
+    """Each device's latest stored event: when, which app version, platform and school."""
+    key = decode_cursor(after, (str,))
+    e = reader_events
+    latest = sa.select(e.c.device_id, sa.func.max(e.c.id).label("id")).group_by(e.c.device_id)
+    if key is not None:
+        latest = latest.where(e.c.device_id > key[0])
+    if caller.principal.schools is not None:
+        latest = latest.where(e.c.school_id.in_(sorted(caller.principal.schools)))
+    latest_q = latest.order_by(e.c.device_id).limit(limit + 1).subquery()
+    query = (
+        sa.select(
+            e.c.device_id,
+            e.c.app_time_ms,
+            e.c.received_ms,
+            e.c.app_version,
+            e.c.platform,
+            e.c.school_id,
+            e.c.event_type,
+        )
+        .join(latest_q, latest_q.c.id == e.c.id)
+        .order_by(e.c.device_id)
+    )
+    with caller.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    items = [
+        {
+            "device_id": r.device_id,
+            "last_seen_ms": int(r.app_time_ms),
+            "last_received_ms": int(r.received_ms),
+            "app_version": r.app_version,
+            "platform": r.platform,
+            "school_id": r.school_id,
+            "last_event": r.event_type,
+        }
+        for r in rows
+    ]
+    return page(items, limit, lambda item: [item["device_id"]])
+
+
+@router.get("/events", summary="Events and rejections by reason, per day")
+def events_per_day(
+    request: Request, caller: CallerDep, days: Annotated[int, Query(ge=1, le=90)] = 14
+) -> Response:
+    """Per UTC day: events processed (by app time) and rejections recorded, by reason."""
+    api = request.app.state.api
+    today = datetime.fromtimestamp(api.clock.now_ms() / 1000, tz=UTC).date()
+    first = today - timedelta(days=days - 1)
+    first_ms = int(datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp() * 1000)
+    err = reader_events_errors
+    day_no = sa.cast(err.c.received_ms / DAY_MS, sa.BigInteger)
+    with caller.engine.connect() as conn:
+        events = {
+            row.day: int(row.events)
+            for row in conn.execute(
+                sa.select(an_sessions.c.day, sa.func.sum(an_sessions.c.events).label("events"))
+                .where(an_sessions.c.day >= first.isoformat())
+                .group_by(an_sessions.c.day)
+            )
+        }
+        rejected: dict[str, dict[str, int]] = {}
+        for row in conn.execute(
+            sa.select(day_no.label("day_no"), err.c.reason, sa.func.count().label("n"))
+            .where(err.c.received_ms >= first_ms)
+            .group_by(day_no, err.c.reason)
+        ):
+            day = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=int(row.day_no))).date()
+            rejected.setdefault(day.isoformat(), {})[row.reason] = int(row.n)
+    body = {
+        "days": [
+            {
+                "day": day,
+                "events": events.get(day, 0),
+                "rejected": rejected.get(day, {}),
+            }
+            for day in ((first + timedelta(days=n)).isoformat() for n in range(days))
+        ],
+        "note": "events: by app-time day, as processing counted them; rejections: by UTC day "
+        "received",
+    }
+    return with_etag(request, body)
+
+
+@router.get("/ingest", summary="Ingest and processing lag, queue, error table size")
+def ingest(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """How far behind the writer and the processing are, and what the queue holds."""
+    api = request.app.state.api
+    now = api.clock.now_ms()
+    intake = api.node.intake
+    with caller.engine.connect() as conn:
+        errors = conn.execute(sa.select(sa.func.count()).select_from(reader_events_errors)).scalar()
+        last_id = conn.execute(sa.select(sa.func.max(reader_events.c.id))).scalar()
+        run = conn.execute(
+            sa.select(an_runs.c.finished_ms, an_runs.c.to_event_id)
+            .where(an_runs.c.finished_ms.is_not(None))
+            .order_by(an_runs.c.run_id.desc())
+            .limit(1)
+        ).first()
+    last_commit = intake.last_commit_ms
+    return {
+        "last_commit_age_s": None if last_commit is None else round((now - last_commit) / 1000, 3),
+        "queue_depth": intake.depth,
+        "queue_capacity": intake.capacity,
+        "queue_bytes": intake.admission.bytes,
+        "error_rows": int(errors or 0),
+        "events_not_yet_processed": int((last_id or 0) - (run.to_event_id if run else 0)),
+        "last_processing_age_s": None if run is None else round((now - run.finished_ms) / 1000, 3),
+        "store": api.node.store.backend,
+    }
+
+
+@router.get("/jobs", summary="The last run of each job")
+def jobs(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Each job's latest run: when, how long, whether it worked, its summary."""
+    runs = last_runs(caller.engine)
+    return {
+        "jobs": [
+            {
+                "job": run.job,
+                "started_ms": run.started_ms,
+                "seconds": round((run.finished_ms - run.started_ms) / 1000, 3),
+                "status": run.status,
+                "summary": run.summary,
+            }
+            for run in sorted(runs.values(), key=lambda r: r.job)
+        ]
+    }

@@ -1,0 +1,187 @@
+"""The processing's own connection to the node's store: one SQL text for SQLite and PostgreSQL.
+
+Queries are written once with ``:name`` parameters; on PostgreSQL they are rewritten to
+``%(name)s`` and bound on the client (``psycopg.ClientCursor``), because the server does
+not take parameters in ``CREATE TABLE ... AS``. SQL text must not contain ``%``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from hopper.config import StoreSettings
+from hopper.errors import BackendMissing, BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+Params = Mapping[str, Any]
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+# Serialises processing runs on one PostgreSQL database (any process); an arbitrary constant.
+_PROCESS_LOCK = 0x686F707072
+
+
+class ProcessingDb:
+    """One connection to the store, used by one processing run at a time."""
+
+    def __init__(self, conn: Any, dialect: str, errors: tuple[type[Exception], ...]) -> None:
+        self._conn = conn
+        self.dialect = dialect
+        self._errors = errors
+
+    @classmethod
+    def open(cls, settings: StoreSettings) -> ProcessingDb:
+        """Connect to the store the settings name (never the ingest writer's connection)."""
+        if settings.backend == "postgres":
+            try:
+                import psycopg
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise BackendMissing("postgres", extra="postgres", library="psycopg") from exc
+            conn: Any
+            try:
+                conn = psycopg.connect(
+                    settings.postgres_url.get_secret_value(),
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name="hopper-processing",
+                    cursor_factory=psycopg.ClientCursor,
+                )
+                # Sorts and temporary tables of a full recompute stay in memory, for this
+                # session only (temp_buffers must be set before its first temporary table).
+                conn.execute("SET work_mem = '256MB'")
+                conn.execute("SET temp_buffers = '256MB'")
+            except psycopg.Error as exc:
+                raise BackendUnavailable(f"Cannot connect to PostgreSQL: {exc}") from exc
+            return cls(conn, "postgres", (psycopg.OperationalError, psycopg.InterfaceError))
+        try:
+            settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            lite = sqlite3.connect(
+                settings.sqlite_path, isolation_level=None, check_same_thread=False, timeout=60
+            )
+            lite.execute("PRAGMA cache_size=-262144")  # 256 MiB: the sorts of a full recompute
+            lite.execute("PRAGMA temp_store=FILE")
+            lite.execute("PRAGMA threads=2")  # large sorts in two threads
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"Cannot open SQLite store: {exc}") from exc
+        return cls(lite, "sqlite", (sqlite3.OperationalError,))
+
+    @property
+    def row_number_type(self) -> str:
+        """The column type of a row number that an insert assigns 1, 2... in order.
+
+        The one place where the DDL differs: SQLite's rowid, PostgreSQL's identity (both
+        assign in the order an ``INSERT ... SELECT ... ORDER BY`` delivers the rows).
+        """
+        if self.dialect == "sqlite":
+            return "INTEGER PRIMARY KEY"
+        return "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+
+    def _sql(self, sql: str) -> str:
+        if self.dialect == "sqlite":
+            return sql
+        if "%" in sql:
+            raise ValueError("processing SQL must not contain '%'")
+        return _NAMED.sub(r"%(\1)s", sql)
+
+    def execute(self, sql: str, params: Params | None = None) -> int:
+        """Run one statement; return the rows it changed (-1 when not known)."""
+        try:
+            cursor = self._conn.execute(self._sql(sql), params or {})
+        except self._errors as exc:
+            raise BackendUnavailable(f"Processing query failed: {exc}") from exc
+        return int(cursor.rowcount)
+
+    def query(self, sql: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+        """Run one query; return its rows."""
+        try:
+            rows = self._conn.execute(self._sql(sql), params or {}).fetchall()
+        except self._errors as exc:
+            raise BackendUnavailable(f"Processing query failed: {exc}") from exc
+        return [tuple(row) for row in rows]
+
+    def stream(
+        self, sql: str, params: Params | None = None, *, batch: int = 10_000
+    ) -> Iterator[tuple[Any, ...]]:
+        """Yield the rows of a large query without holding them all in memory."""
+        try:
+            if self.dialect == "sqlite":
+                yield from self._conn.execute(sql, params or {})
+                return
+            with self._conn.transaction(), self._conn.cursor(name="hopper_stream") as cursor:
+                cursor.itersize = batch
+                cursor.execute(self._sql(sql), params or {})
+                yield from cursor
+        except self._errors as exc:
+            raise BackendUnavailable(f"Processing query failed: {exc}") from exc
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        """Insert many rows (COPY on PostgreSQL)."""
+        try:
+            if self.dialect == "sqlite":
+                marks = ", ".join("?" * len(columns))
+                self._conn.executemany(
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",  # noqa: S608
+                    rows,
+                )
+                return
+            with self._conn.cursor() as cursor:
+                with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        except self._errors as exc:
+            raise BackendUnavailable(f"Processing insert failed: {exc}") from exc
+
+    def create_temp(
+        self, name: str, select: str, params: Params | None = None, *, joined: bool = False
+    ) -> None:
+        """(Re)create the temporary table ``name`` from a query.
+
+        ``joined``: later queries join it to other tables, so PostgreSQL's planner gets its
+        statistics (it knows nothing of a temporary table until it is analysed).
+        """
+        self.execute(f"DROP TABLE IF EXISTS {name}")
+        self.execute(f"CREATE TEMP TABLE {name} AS {select}", params)
+        if joined:
+            self.analyze(name)
+
+    def create_temp_table(self, name: str, columns: str) -> None:
+        """(Re)create an empty temporary table with the given column definitions."""
+        self.execute(f"DROP TABLE IF EXISTS {name}")
+        self.execute(f"CREATE TEMP TABLE {name} ({columns})")
+
+    def analyze(self, name: str) -> None:
+        """Refresh the planner's statistics of a table filled after it was created."""
+        if self.dialect == "postgres":
+            self.execute(f"ANALYZE {name}")
+
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        """One write transaction; on PostgreSQL it also holds the processing lock."""
+        conn = self._conn
+        try:
+            if self.dialect == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PROCESS_LOCK,))
+                yield
+        except self._errors as exc:
+            raise BackendUnavailable(f"Processing transaction failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()

@@ -1,0 +1,300 @@
+"""Events of the (student, day) groups a run recomputes, their sessions and page times.
+
+Everything here is set-based SQL over temporary tables, one text for SQLite and PostgreSQL:
+
+    tmp_ev        the events of every recomputed (student, local day), cam_status left out,
+                  numbered ``rn`` 1, 2... in (username, day, app_time_ms, id) order: an
+                  event's next one in its day is row ``rn + 1`` if that has the same
+                  student and day (a join on the key, instead of a window function that
+                  would carry every column along)
+    tmp_sess      (session_key, rn): the running count of session starts, one window
+                  function over two narrow columns; keyed so the sessions' GROUP BY reads
+                  it in order
+    tmp_out_*     the new rows of an_sessions, an_page_days (here), an_student_days and
+                  an_lp_step_days (daily.py, learning_paths.py)
+
+Definitions (docs/analytics.md): a student's events of one local day, ordered by
+``(app_time_ms, id)``, form sessions; an event ends its session when it is the day's last,
+is an ``app_session_ended``, is followed by an ``app_session_started``, or the next event
+comes more than ``session_gap_secs`` later. A page's time is the gap to the next event of
+its session, or, for a session's last event, the page's own ``duration_ms``; under
+``page_min_secs`` it counts 0 (not read), above ``page_max_secs`` it counts that maximum.
+"""
+
+from __future__ import annotations
+
+from hopper.edge.processing.db import Params, ProcessingDb
+
+# The local day of an event: its school's zone (ec_schools), UTC when the school is unknown.
+ZONE_JOIN = """
+LEFT JOIN ec_schools s ON s.school_id = e.school_id
+JOIN tmp_tz z ON z.time_zone = COALESCE(NULLIF(s.time_zone, ''), 'UTC')
+             AND z.from_ms <= e.app_time_ms AND e.app_time_ms < z.to_ms
+"""
+LOCAL_DAY = "(e.app_time_ms + z.offset_ms) / 86400000"
+
+EVENT_COLUMNS = (
+    "id, username, day_no, app_time_ms, school_id, event_type, book_id, page, duration_ms, "
+    "lp_id, step_id, score"
+)
+# ``username || ''``: an expression, so that no planner reads the whole table through the
+# (username, app_time_ms) index to save part of the sort below (random reads: much slower).
+_EVENT_VALUES = f"""
+e.id, e.username || '' AS username, {LOCAL_DAY} AS day_no, e.app_time_ms, e.school_id,
+e.event_type, e.book_id, e.page,
+CASE WHEN e.event_type = 'page_viewed'
+     THEN CAST(e.payload ->> 'duration_ms' AS BIGINT) END AS duration_ms,
+CASE WHEN e.event_type = 'lp_step_completed' THEN e.payload ->> 'lp_id' END AS lp_id,
+CASE WHEN e.event_type = 'lp_step_completed' THEN e.payload ->> 'step_id' END AS step_id,
+CASE WHEN e.event_type = 'lp_step_completed'
+     THEN CAST(e.payload ->> 'score' AS DOUBLE PRECISION) END AS score
+"""  # noqa: S608 - fixed text
+_IN_ORDER = "ORDER BY x.username, x.day_no, x.app_time_ms, x.id"
+
+# Incremental: the new rows (a range of the primary key), then the (student, day) groups
+# they touch. Two steps, so that no planner can prefer walking the username index instead.
+_NEW_ROWS = """
+SELECT e.id, e.username, e.app_time_ms, e.school_id
+FROM reader_events e
+WHERE e.id > :from_id AND e.id <= :to_id AND e.event_type <> 'cam_status'
+"""
+
+_SCOPE_DAYS = f"""
+SELECT DISTINCT e.username, {LOCAL_DAY} AS day_no
+FROM tmp_new e {ZONE_JOIN}
+"""  # noqa: S608 - fixed text
+
+_SCOPE_WINDOWS = """
+SELECT d.username, d.day_no, c.day,
+       d.day_no * 86400000 - 50400000 AS lo_ms, (d.day_no + 1) * 86400000 + 50400000 AS hi_ms
+FROM tmp_scope0 d JOIN tmp_calendar c ON c.day_no = d.day_no
+"""
+
+# Every event of those groups: the index (username, app_time_ms) finds the student's events
+# in the UTC span that holds the local day (widened by 14 h), the zone join keeps the day's.
+_EVENTS_OF_SCOPE = f"""
+INSERT INTO tmp_ev ({EVENT_COLUMNS})
+SELECT x.* FROM (
+  SELECT {_EVENT_VALUES}
+  FROM tmp_scope_days d
+  JOIN reader_events e ON e.username = d.username
+                      AND e.app_time_ms >= d.lo_ms AND e.app_time_ms < d.hi_ms
+  {ZONE_JOIN}
+  WHERE e.id <= :to_id AND e.event_type <> 'cam_status' AND {LOCAL_DAY} = d.day_no
+) x {_IN_ORDER}
+"""  # noqa: S608 - fixed text
+
+_ALL_EVENTS = f"""
+INSERT INTO tmp_ev ({EVENT_COLUMNS})
+SELECT x.* FROM (
+  SELECT {_EVENT_VALUES}
+  FROM reader_events e {ZONE_JOIN}
+  WHERE e.id <= :to_id AND e.event_type <> 'cam_status'
+) x {_IN_ORDER}
+"""  # noqa: S608 - fixed text
+
+# Each event's session end, counted page time and end reason, from the next event of its
+# student's day (row rn + 1, if it has the same student and day), computed once.
+IS_LAST = """(CASE WHEN b.rn IS NULL OR b.app_time_ms - a.app_time_ms > :session_gap_ms
+                   OR a.event_type = 'app_session_ended'
+                   OR b.event_type = 'app_session_started' THEN 1 ELSE 0 END)"""
+# The raw time of a page: the gap to the next event of its session, else its duration_ms.
+_RAW_MS = f"""(CASE WHEN {IS_LAST} = 1 THEN COALESCE(a.duration_ms, 0)
+                  ELSE b.app_time_ms - a.app_time_ms END)"""
+_PAGE_MS = f"""(CASE WHEN a.event_type <> 'page_viewed' OR {_RAW_MS} < :page_min_ms THEN 0
+                    WHEN {_RAW_MS} > :page_max_ms THEN :page_max_ms
+                    ELSE {_RAW_MS} END)"""
+_END_REASON = f"""(CASE WHEN {IS_LAST} = 0 THEN ''
+                       WHEN a.event_type = 'app_session_ended' THEN 'app_session_ended'
+                       WHEN b.rn IS NULL THEN 'last_of_day'
+                       WHEN b.event_type = 'app_session_started' THEN 'app_session_started'
+                       ELSE 'gap' END)"""
+_TIMES = f"""
+INSERT INTO tmp_seq (rn, is_last, page_ms, end_reason)
+SELECT a.rn, {IS_LAST}, {_PAGE_MS}, {_END_REASON}
+FROM tmp_ev a
+LEFT JOIN tmp_ev b ON b.rn = a.rn + 1 AND b.username = a.username AND b.day_no = a.day_no
+ORDER BY a.rn
+"""  # noqa: S608 - fixed text
+
+# Session keys: 1 + the sessions ended before the row, in rn order (unique over all days).
+_SESSION_KEYS = """
+INSERT INTO tmp_sess (session_key, rn)
+SELECT SUM(q.is_last) OVER (ORDER BY q.rn ROWS UNBOUNDED PRECEDING) - q.is_last + 1, q.rn
+FROM tmp_seq q
+"""
+
+# A page is read when it counted some time; pages are numbered from 1 (0 means unset).
+PAGE_READ = "q.page_ms > 0 AND a.book_id IS NOT NULL AND a.page > 0"
+PAGE_KEY = "a.book_id || '#' || CAST(a.page AS TEXT)"
+# A day is active when the student did something in a book, a deck or a path.
+ACTIVE_TYPES = (
+    "'page_viewed', 'book_opened', 'book_closed', 'resource_opened', "
+    "'flashcard_reviewed', 'lp_step_completed'"
+)
+
+# The sessions, with the counts that days.py adds up (an_sessions keeps some of them).
+# Active time: from the first event to the last, plus the last page's counted time.
+_SESSIONS = f"""
+SELECT MIN(a.username) AS username, MIN(a.day_no) AS day_no, k.session_key,
+       MIN(a.school_id) AS school_id, MIN(a.app_time_ms) AS start_ms,
+       MAX(a.app_time_ms) AS end_ms, MAX(q.end_reason) AS end_reason, COUNT(*) AS events,
+       SUM(CASE WHEN a.event_type = 'page_viewed' THEN 1 ELSE 0 END) AS page_views,
+       COUNT(DISTINCT CASE WHEN {PAGE_READ} THEN {PAGE_KEY} END) AS pages_read,
+       COUNT(DISTINCT CASE WHEN {PAGE_READ} THEN a.book_id END) AS books_read,
+       SUM(q.page_ms) AS reading_ms,
+       MAX(a.app_time_ms) - MIN(a.app_time_ms)
+         + SUM(CASE WHEN q.is_last = 1 THEN q.page_ms ELSE 0 END) AS active_ms,
+       SUM(CASE WHEN a.event_type = 'flashcard_reviewed' THEN 1 ELSE 0 END) AS flashcard_reviews,
+       SUM(CASE WHEN a.event_type = 'lp_step_completed' THEN 1 ELSE 0 END) AS lp_steps,
+       SUM(CASE WHEN a.event_type = 'resource_opened' THEN 1 ELSE 0 END) AS resources_opened,
+       MAX(CASE WHEN a.event_type IN ({ACTIVE_TYPES}) THEN 1 ELSE 0 END) AS is_active
+FROM tmp_sess k
+JOIN tmp_ev a ON a.rn = k.rn
+JOIN tmp_seq q ON q.rn = k.rn
+GROUP BY k.session_key
+"""  # noqa: S608 - fixed text
+
+# Sessions numbered 1, 2... in their day, named by the day's date.
+_NUMBERED_SESSIONS = """
+SELECT s.*, c.day,
+       s.session_key - MIN(s.session_key) OVER (PARTITION BY s.username, s.day_no) + 1
+         AS session_no
+FROM tmp_sessions0 s JOIN tmp_calendar c ON c.day_no = s.day_no
+"""
+
+_PAGE_DAYS = """
+SELECT a.username, a.book_id, a.page, c.day, COUNT(*) AS views,
+       SUM(q.page_ms) AS reading_ms, MAX(a.app_time_ms) AS last_view_ms
+FROM tmp_ev a
+JOIN tmp_seq q ON q.rn = a.rn
+JOIN tmp_calendar c ON c.day_no = a.day_no
+WHERE a.event_type = 'page_viewed' AND a.book_id IS NOT NULL
+GROUP BY a.username, a.book_id, a.page, c.day
+"""
+
+_TOUCHED_BOOKS = """
+SELECT DISTINCT e.username, e.book_id FROM tmp_ev e
+WHERE e.event_type = 'page_viewed' AND e.book_id IS NOT NULL
+"""
+_DAYS_OF_SESSIONS = "SELECT DISTINCT s.username, s.day_no, s.day FROM tmp_out_sessions s"
+
+SESSION_COLUMNS = (
+    "username, day, session_no, school_id, start_ms, end_ms, end_reason, events, "
+    "page_views, pages_read, books_read, reading_ms, active_ms"
+)
+PAGE_DAY_COLUMNS = "username, book_id, page, day, views, reading_ms, last_view_ms"
+
+
+def select_scope(db: ProcessingDb, params: Params, *, full: bool) -> None:
+    """Create ``tmp_ev`` (and, incremental, ``tmp_scope_days``): the events to recompute."""
+    db.create_temp_table(
+        "tmp_ev",
+        f"rn {db.row_number_type}, id BIGINT, username TEXT, day_no BIGINT, "
+        "app_time_ms BIGINT, school_id TEXT, event_type TEXT, book_id TEXT, page INTEGER, "
+        "duration_ms BIGINT, lp_id TEXT, step_id TEXT, score DOUBLE PRECISION",
+    )
+    if full:
+        db.execute(_ALL_EVENTS, params)
+    else:
+        db.create_temp("tmp_new", _NEW_ROWS, params)
+        db.create_temp("tmp_scope0", _SCOPE_DAYS, params)
+        db.create_temp("tmp_scope_days", _SCOPE_WINDOWS, joined=True)
+        db.execute(_EVENTS_OF_SCOPE, params)
+    db.analyze("tmp_ev")
+
+
+def compute_reading(db: ProcessingDb, params: Params, *, full: bool) -> None:
+    """Create the new rows of sessions and page days, and the touched books."""
+    db.create_temp_table(
+        "tmp_seq",
+        "rn INTEGER PRIMARY KEY, is_last INTEGER NOT NULL, page_ms BIGINT NOT NULL, "
+        "end_reason TEXT NOT NULL",
+    )
+    db.execute(_TIMES, params)
+    db.analyze("tmp_seq")
+    db.create_temp_table(
+        "tmp_sess", "session_key BIGINT NOT NULL, rn BIGINT NOT NULL, PRIMARY KEY (session_key, rn)"
+    )
+    db.execute(_SESSION_KEYS)
+    db.analyze("tmp_sess")
+    db.create_temp("tmp_sessions0", _SESSIONS)
+    db.create_temp("tmp_out_sessions", _NUMBERED_SESSIONS)
+    db.create_temp("tmp_out_page_days", _PAGE_DAYS)
+    if full:
+        db.create_temp("tmp_scope_days", _DAYS_OF_SESSIONS, joined=True)
+    else:
+        db.create_temp("tmp_touched_books", _TOUCHED_BOOKS, joined=True)
+
+
+def apply_reading(db: ProcessingDb, params: Params) -> None:
+    """Replace the recomputed days' sessions and page days (inside the write transaction)."""
+    for table, columns, source in (
+        ("an_sessions", SESSION_COLUMNS, "tmp_out_sessions"),
+        ("an_page_days", PAGE_DAY_COLUMNS, "tmp_out_page_days"),
+    ):
+        replace_days(db, table)
+        db.execute(
+            f"INSERT INTO {table} ({columns}, run_id) SELECT {columns}, :run_id FROM {source}",  # noqa: S608
+            params,
+        )
+
+
+def replace_days(db: ProcessingDb, table: str) -> None:
+    """Delete a day-grain table's rows of the recomputed (student, day) groups."""
+    db.execute(
+        f"DELETE FROM {table} WHERE (username, day) IN "  # noqa: S608
+        "(SELECT username, day FROM tmp_scope_days)"
+    )
+
+
+_READ_IN_BOOK = "CASE WHEN p.reading_ms > 0 AND p.page BETWEEN 1 AND b.page_count THEN p.page END"
+# Grouped in the primary key's order (no sort); the last page is looked up afterwards.
+_BOOKS = f"""
+SELECT g.username, g.book_id, g.page_count, g.pages_read, g.page_views, g.reading_ms,
+       (SELECT MAX(x.page) FROM an_page_days x
+        WHERE x.username = g.username AND x.book_id = g.book_id
+          AND x.last_view_ms = g.last_view_ms) AS last_page,
+       g.last_view_ms, g.days_read, g.first_day, g.last_day,
+       CASE WHEN g.page_count > 0
+            THEN CAST(g.read_in_book AS DOUBLE PRECISION) / g.page_count END AS completion,
+       CASE WHEN g.page_count > 0
+            THEN CASE WHEN g.read_in_book * 1000000 >= :completed_ppm * g.page_count
+                      THEN 1 ELSE 0 END END AS is_completed,
+       :run_id AS run_id
+FROM (
+  SELECT p.username, p.book_id, MAX(b.page_count) AS page_count,
+         COUNT(DISTINCT CASE WHEN p.reading_ms > 0 AND p.page > 0 THEN p.page END) AS pages_read,
+         COUNT(DISTINCT {_READ_IN_BOOK}) AS read_in_book,
+         SUM(p.views) AS page_views, SUM(p.reading_ms) AS reading_ms,
+         MAX(p.last_view_ms) AS last_view_ms,
+         COUNT(DISTINCT CASE WHEN p.reading_ms > 0 THEN p.day END) AS days_read,
+         MIN(p.day) AS first_day, MAX(p.day) AS last_day
+  FROM an_page_days p
+  LEFT JOIN ec_books b ON b.book_id = p.book_id
+  {{where}}
+  GROUP BY p.username, p.book_id
+) g
+"""  # noqa: S608 - fixed text
+
+BOOK_COLUMNS = (
+    "username, book_id, page_count, pages_read, page_views, reading_ms, last_page, "
+    "last_view_ms, days_read, first_day, last_day, completion, is_completed, run_id"
+)
+
+
+def roll_up_books(db: ProcessingDb, params: Params, *, every_book: bool) -> None:
+    """Recompute an_student_books for the touched (student, book) pairs, or for all."""
+    if every_book:
+        db.execute("DELETE FROM an_student_books")
+        where = ""
+    else:
+        db.execute(
+            "DELETE FROM an_student_books WHERE (username, book_id) IN "
+            "(SELECT username, book_id FROM tmp_touched_books)"
+        )
+        where = "WHERE (p.username, p.book_id) IN (SELECT username, book_id FROM tmp_touched_books)"
+    db.execute(
+        f"INSERT INTO an_student_books ({BOOK_COLUMNS}) {_BOOKS.format(where=where)}",  # noqa: S608
+        params,
+    )
