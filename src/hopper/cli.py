@@ -37,6 +37,10 @@ config_app = typer.Typer(help="Inspect and check the configuration.")
 app.add_typer(config_app, name="config")
 token_app = typer.Typer(help="Create, list and revoke access tokens (stored hashed).")
 app.add_typer(token_app, name="token")
+user_app = typer.Typer(help="Manage the web pages' accounts (passwords stored hashed).")
+app.add_typer(user_app, name="user")
+ui_app = typer.Typer(help="The web pages: screenshots for review.")
+app.add_typer(ui_app, name="ui")
 console = Console(stderr=True)
 logger = logging.getLogger("hopper")
 
@@ -99,6 +103,9 @@ def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="Where the SQLite store goes (default: a temp dir).")
     ] = None,
+    history_days: Annotated[
+        int, typer.Option(min=0, max=28, help="Days of past school the pages show at start.")
+    ] = 14,
 ) -> None:
     """Run Hopper on embedded defaults with a simulated school streaming over WebSocket."""
     from hopper.edge import create_app
@@ -107,11 +114,8 @@ def demo(
 
     configure_logging("WARNING")
     directory = data_dir or Path(tempfile.mkdtemp(prefix="hopper-demo-"))
-    settings = _settings(
-        None,
-        server={"host": "127.0.0.1", "port": port},
-        store={"backend": "sqlite", "sqlite_path": directory / "events.db"},
-    )
+    school = SimulatedSchool(students)
+    settings = _demo_settings(directory, port, school)
     application = create_app(settings)
     server = uvicorn.Server(uvicorn_config(application, settings, application.state.guard))
     # Auth stays on in the demo, as everywhere: the demo makes its own token.
@@ -148,8 +152,16 @@ def demo(
             highlight=False,
             soft_wrap=True,
         )
+        loaded = await _fill_demo_school(settings, base, token, school, history_days)
+        counts.accepted += loaded
+        password = _demo_accounts(settings)
+        out.print(f"  web pages         {base}/ui/  ({loaded} past events loaded and processed)")
+        out.print(
+            f"    log in as teacher1 (class 5a), staff, it or admin; password {password}",
+            highlight=False,
+            soft_wrap=True,
+        )
         out.print(f"  {students} students streaming ~{rate:.0f} events/s; Ctrl-C stops.")
-        school = SimulatedSchool(students)
         traffic = asyncio.create_task(
             stream_school(
                 f"{ws_base}/v1/events/ws", school, counts, events_per_sec=rate, token=token
@@ -188,6 +200,80 @@ def demo(
         )
 
     asyncio.run(run())
+
+
+def _demo_settings(directory: Path, port: int, school: Any) -> HopperSettings:
+    """The demo's settings and reference data: the school imported, processing each minute.
+
+    The import runs here, before the node starts, so that the live monitor starts with the
+    school's classes and names.
+    """
+    from hopper.clock import SystemClock
+    from hopper.edge.jobs import EDGE_JOBS
+    from hopper.simulate.demo import reference_rows, reference_source, write_reference_db
+
+    classes = max(1, min(8, len(school.students) // 30))
+    db = write_reference_db(directory / "school.db", reference_rows(school, classes))
+    settings = _settings(
+        None,
+        server={"host": "127.0.0.1", "port": port},
+        store={"backend": "sqlite", "sqlite_path": directory / "events.db"},
+        ecimport={"sources": [reference_source(db)]},
+        processing={"interval_secs": 60},
+    )
+    EDGE_JOBS["ec-import"].run(settings, SystemClock())
+    return settings
+
+
+async def _fill_demo_school(
+    settings: HopperSettings, base: str, token: str, school: Any, days: int
+) -> int:
+    """Send the school's past days, then process them; return the events accepted."""
+    from hopper.client import HttpSender
+    from hopper.clock import SystemClock
+    from hopper.edge.jobs import EDGE_JOBS
+    from hopper.simulate.demo import history_batches
+
+    clock = SystemClock()
+    accepted = 0
+
+    def send_history() -> None:
+        nonlocal accepted
+        sender = HttpSender(base, token=token)
+        try:
+            for batch in history_batches(school, clock.now_ms(), days=days):
+                accepted += int(sender.send(batch).get("accepted", 0))
+        finally:
+            sender.close()
+
+    if days:
+        await asyncio.to_thread(send_history)
+    await asyncio.to_thread(EDGE_JOBS["process"].run, settings, clock)
+    return accepted
+
+
+def _demo_accounts(settings: HopperSettings) -> str:
+    """Make the demo's accounts (a teacher, staff, IT, admin); return their one password."""
+    import secrets
+
+    from hopper.access import Role, UserError, UserStore
+    from hopper.clock import SystemClock
+    from hopper.store.engine import engine_for
+
+    password = secrets.token_urlsafe(9)
+    engine = engine_for(settings.store)
+    users = UserStore(engine)
+    now = SystemClock().now_ms()
+    try:
+        users.import_teachers(now)
+        for name, role in (("staff", Role.STAFF), ("it", Role.IT), ("admin", Role.ADMIN)):
+            with contextlib.suppress(UserError):
+                users.add(name, role, password, now)
+        for name in ("teacher1", "staff", "it", "admin"):
+            users.set_password(name, password, now)
+    finally:
+        engine.dispose()
+    return password
 
 
 TokenOption = Annotated[
@@ -471,10 +557,12 @@ def _missing_backends(settings: HopperSettings) -> list[str]:
     needs = []
     if settings.store.backend == "postgres":
         needs.append(("psycopg", "postgres"))
-    if settings.pubsub.backend == "redis":
-        needs.append(("redis", "redis"))
     sources = {s for t in settings.pipeline.topologies().values() for s in t.sources}
     sinks = {s for t in settings.pipeline.topologies().values() for s in t.sinks}
+    if settings.pubsub.backend == "redis" or (
+        "monitor" in sinks and settings.monitor.source == "redis"
+    ):
+        needs.append(("redis", "redis"))
     if "mqtt" in sources:
         needs.append(("paho", "mqtt"))
     if any(c.startswith("topic:") for c in sources | sinks):
@@ -615,6 +703,230 @@ def _iso(ms: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+PasswordStdin = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from the first line of standard input (else: ask twice).",
+    ),
+]
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@contextlib.contextmanager
+def _user_store(settings: HopperSettings) -> Iterator[Any]:
+    from hopper.access import UserStore
+    from hopper.store import open_event_store
+    from hopper.store.engine import engine_for
+
+    try:
+        store = open_event_store(settings.store)
+        try:
+            store.migrate()  # the users table comes with the store's schema
+        finally:
+            store.close()
+        engine = engine_for(settings.store)
+    except HopperError as exc:
+        _error(exc)
+        raise typer.Exit(2) from exc
+    try:
+        yield UserStore(engine)
+    except HopperError as exc:
+        _error(exc)
+        raise typer.Exit(2) from exc
+    finally:
+        engine.dispose()
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="The login name (letters, digits, . _ @ -).")],
+    role: Annotated[str, typer.Option(help="teacher, staff, it or admin.")],
+    teacher_id: Annotated[
+        str | None,
+        typer.Option(help="Link a teacher to ec_teachers.teacher_id: they see its classes."),
+    ] = None,
+    display_name: Annotated[str | None, typer.Option(help="The name the pages show.")] = None,
+    password_stdin: PasswordStdin = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create an account for the web pages (/ui/)."""
+    from hopper.access import Role
+    from hopper.clock import SystemClock
+
+    if role not in {r.value for r in Role}:
+        _error(f"unknown role {role!r}; known: {', '.join(r.value for r in Role)}")
+        raise typer.Exit(2)
+    if teacher_id is not None and role != Role.TEACHER:
+        _error("only a teacher account is linked to a teacher id")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    password = _read_password(password_stdin)
+    with _user_store(settings) as users:
+        users.add(
+            username,
+            Role(role),
+            password,
+            SystemClock().now_ms(),
+            display_name=display_name,
+            teacher_id=teacher_id,
+        )
+    typer.echo(f"Created {role} account {username}.")
+
+
+@user_app.command("list")
+def user_list(config: ConfigOption = None) -> None:
+    """List the accounts (never their passwords)."""
+    from rich.table import Table
+
+    settings = _settings(config)
+    with _user_store(settings) as users:
+        rows = users.all()
+    table = Table("username", "role", "name", "teacher id", "language", "created")
+    for u in rows:
+        table.add_row(
+            u.username,
+            u.role.value,
+            u.display_name or "",
+            u.teacher_id or "",
+            u.locale or "",
+            _iso(u.created_ms),
+        )
+    Console().print(table)
+
+
+@user_app.command("remove")
+def user_remove(
+    username: Annotated[str, typer.Argument(help="The account to delete.")],
+    config: ConfigOption = None,
+) -> None:
+    """Delete an account and end its sessions."""
+    settings = _settings(config)
+    with _user_store(settings) as users:
+        removed = users.remove(username)
+    if not removed:
+        _error(f"no account {username!r}")
+        raise typer.Exit(1)
+    typer.echo(f"Removed account {username}.")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    username: Annotated[str, typer.Argument(help="The account whose password to change.")],
+    password_stdin: PasswordStdin = False,
+    config: ConfigOption = None,
+) -> None:
+    """Set a new password (ends the account's sessions)."""
+    from hopper.clock import SystemClock
+
+    settings = _settings(config)
+    password = _read_password(password_stdin)
+    with _user_store(settings) as users:
+        changed = users.set_password(username, password, SystemClock().now_ms())
+    if not changed:
+        _error(f"no account {username!r}")
+        raise typer.Exit(1)
+    typer.echo(f"Changed the password of {username}; their sessions ended.")
+
+
+@user_app.command("import-teachers")
+def user_import_teachers(config: ConfigOption = None) -> None:
+    """Make a teacher account for each imported teacher (ec_teachers) that has none.
+
+    New accounts get a random password, printed once on standard output (one
+    ``username<TAB>password`` line each); existing ones are linked to their teacher id.
+    """
+    from hopper.clock import SystemClock
+
+    settings = _settings(config)
+    with _user_store(settings) as users:
+        done = users.import_teachers(SystemClock().now_ms())
+    created = [(u, p) for u, p in done if p is not None]
+    linked = [u for u, p in done if p is None]
+    console.print(
+        f"{len(created)} teacher account(s) created, {len(linked)} linked to their teacher id. "
+        "New passwords are shown once, below; hand them out now."
+    )
+    for user, password in created:
+        typer.echo(f"{user.username}\t{password}")
+
+
+@ui_app.command("screenshots")
+def ui_screenshots(
+    out: Annotated[Path, typer.Option(help="Folder for the PNGs and index.html.")] = Path(
+        "screenshots"
+    ),
+    chromium: Annotated[
+        str | None,
+        typer.Option(envvar="HOPPER_CHROMIUM", help="Chromium executable (env HOPPER_CHROMIUM)."),
+    ] = None,
+    lang: Annotated[
+        list[str] | None, typer.Option(help="Locales to shoot (repeat; default: en and ar).")
+    ] = None,
+) -> None:
+    """Render every page for every role at 1366x768 and 1024x768 into PNGs + a contact sheet.
+
+    Builds the demo school (60 students, 7 days) in a temporary store, serves it on a free
+    loopback port and drives headless Chromium through each role's pages.
+    """
+    from hopper.edge import create_app
+    from hopper.edge.pages.screenshots import take_screenshots
+    from hopper.observe.logs import configure_logging
+    from hopper.simulate.school import SimulatedSchool
+    from hopper.testing import free_port
+
+    configure_logging("WARNING")
+    directory = Path(tempfile.mkdtemp(prefix="hopper-shots-"))
+    port = free_port()
+    school = SimulatedSchool(60)
+    settings = _demo_settings(directory, port, school)
+    application = create_app(settings, run_jobs=False)
+    server = uvicorn.Server(uvicorn_config(application, settings, application.state.guard))
+    token = _demo_token(settings)
+    base = f"http://127.0.0.1:{port}"
+
+    async def run() -> Path:
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                if serving.done():
+                    serving.result()
+                await asyncio.sleep(0.05)
+            await _fill_demo_school(settings, base, token, school, 7)
+            password = _demo_accounts(settings)
+            accounts = {
+                "teacher": ("teacher1", password),
+                "staff": ("staff", password),
+                "it": ("it", password),
+                "admin": ("admin", password),
+            }
+            return await asyncio.to_thread(
+                take_screenshots,
+                base,
+                accounts,
+                out,
+                class_id="5a",
+                chromium=chromium,
+                locales=lang or ["en", "ar"],
+            )
+        finally:
+            server.should_exit = True
+            await serving
+
+    try:
+        sheet = asyncio.run(run())
+    except HopperError as exc:
+        _error(exc)
+        raise typer.Exit(2) from exc
+    typer.echo(f"Wrote {sheet}")
 
 
 def main() -> None:

@@ -133,7 +133,7 @@ class TopologySettings(BaseModel):
 
     Sources: ``http``, ``websocket``, ``mqtt`` (served by ``hopper serve``) or
     ``topic:NAME`` (a consumer group, run by ``hopper worker``). Sinks: ``store``,
-    ``topic:NAME`` (durable), ``protos``, ``lp-events`` (live). Checked by
+    ``topic:NAME`` (durable), ``protos``, ``lp-events``, ``monitor`` (live). Checked by
     ``hopper.pipeline.check_topologies`` (``hopper config check``).
     """
 
@@ -151,7 +151,7 @@ class EdgeTopologySettings(TopologySettings):
 
     sources: list[str] = Field(["http", "websocket"], min_length=1)
     stages: list[str] = Field(["decode", "authorize", "validate", "dedup"], min_length=1)
-    sinks: list[str] = Field(["store", "protos", "lp-events"], min_length=1)
+    sinks: list[str] = Field(["store", "protos", "lp-events", "monitor"], min_length=1)
 
 
 class PipelineSettings(BaseModel):
@@ -376,6 +376,77 @@ class ProcessingSettings(BaseModel):
         return self
 
 
+class UiSettings(BaseModel):
+    """The school's analytics web pages (``/ui/``): sessions, login throttling, privacy."""
+
+    # Serve the pages at /ui/ (with / redirecting there).
+    enabled: bool = True
+    # A session unused this long ends; every session ends this long after its login.
+    session_idle_secs: int = Field(8 * 3600, gt=0)
+    session_max_secs: int = Field(7 * DAY_SECS, gt=0)
+    # Mark cookies Secure (sent over HTTPS only): on when the node is served over HTTPS.
+    secure_cookies: bool = False
+    # Failed logins within login_window_secs before more are refused (429), per username
+    # and per client address; the counters keep at most login_throttle_max_entries keys.
+    login_window_secs: int = Field(900, gt=0)
+    login_max_failures_per_user: int = Field(5, gt=0)
+    login_max_failures_per_address: int = Field(20, gt=0)
+    login_throttle_max_entries: int = Field(10_000, gt=0)
+    # Show pseudonyms instead of student names until an admin changes it on the settings page.
+    hide_student_names: bool = False
+    # The language of a user who chose none and whose browser asks for none we have.
+    default_locale: Literal["en", "sl", "ar"] = "en"
+
+
+class MonitorSettings(BaseModel):
+    """The live classroom monitor (CAM): each tablet's presence, per class, live.
+
+    Fed by the edge topology's ``monitor`` sink; read through ``/v1/monitor`` and the pages.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # "local": this node's own commits (the monitor sink); "redis": the lp-events channel on
+    # pubsub.redis_url, for ingest that runs in other processes.
+    source: Literal["local", "redis"] = "local"
+    # How often the tablets send a CAM status (cam_status) event.
+    heartbeat_interval_secs: float = Field(5.0, gt=0)
+    # A device not heard from for this many intervals is stale, then offline.
+    stale_after_missed: int = Field(2, gt=0)
+    offline_after_missed: int = Field(3, gt=0)
+    # A device heard from but with its screen off, or with nothing changing for this long.
+    idle_after_secs: float = Field(120.0, gt=0)
+    # A device not heard from for this long is forgotten (its tile goes).
+    forget_after_secs: int = Field(DAY_SECS, gt=0)
+    # At most one change per device per this many ms reaches the clients.
+    device_update_interval_ms: int = Field(1000, ge=0)
+    # SSE: a comment line this often on a quiet stream; the reconnect delay it suggests.
+    sse_heartbeat_secs: float = Field(15.0, gt=0)
+    sse_retry_ms: int = Field(3000, gt=0)
+    # Polling clients are told to come back after this (more when many poll).
+    poll_interval_ms: int = Field(2000, gt=0)
+    # Bounds: devices tracked, subscriptions open, devices waiting in one client's queue,
+    # changes kept for resuming, events offered and not yet applied.
+    max_devices: int = Field(10_000, gt=0)
+    max_subscribers: int = Field(200, gt=0)
+    client_queue_max_devices: int = Field(1000, gt=0)
+    change_log_max: int = Field(10_000, gt=0)
+    buffer_max_events: int = Field(100_000, gt=0)
+    # At start-up, presence is rebuilt from the events stored this recently (at most
+    # warm_start_max_events of them); 0 starts blank.
+    warm_start_secs: int = Field(900, ge=0)
+    warm_start_max_events: int = Field(200_000, ge=0)
+    # How often the names and classes (ec_students, ec_class_members, ec_classes, ec_books)
+    # are checked for changes.
+    roster_refresh_secs: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitorSettings:
+        if self.offline_after_missed <= self.stale_after_missed:
+            raise ValueError("offline_after_missed must be more than stale_after_missed")
+        return self
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -401,6 +472,8 @@ class HopperSettings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     ecimport: EcImportSettings = EcImportSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    ui: UiSettings = UiSettings()
     log: LogSettings = LogSettings()
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -21,6 +21,7 @@ from hopper.edge.api import create_api
 from hopper.edge.health import HEALTH_MEDIA_TYPE, health_report
 from hopper.edge.jobs import EDGE_JOBS
 from hopper.edge.node import EdgeNode
+from hopper.edge.pages import create_pages
 from hopper.edge.stream import stream_channel
 from hopper.ingest import HttpEventReceiver, WebSocketEventReceiver
 from hopper.ingest.http import auth_error_response, authenticate_request
@@ -68,6 +69,8 @@ def create_app(
         return Response(node.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def index(request: Request) -> Response:
+        if settings.ui.enabled and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/ui/", status_code=307)  # a browser: the pages
         return JSONResponse(
             {
                 "service": "hopper-edge",
@@ -80,6 +83,7 @@ def create_app(
                     "metrics": "/metrics",
                     "analytics_api": "/v1/openapi.json",
                     "api_docs": "/docs",
+                    "ui": "/ui/" if settings.ui.enabled else None,
                 },
             }
         )
@@ -122,6 +126,9 @@ def create_app(
             swagger_favicon_url="/static/swagger-ui/favicon.png",
         )
 
+    if settings.ui.enabled:
+        # The web pages; their sessions are cookies, not the API's bearer tokens.
+        routes.append(Mount("/ui", create_pages(settings, engine, node.clock, node)))
     routes += [
         Route("/docs", docs),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
@@ -130,5 +137,6 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.node = node
+    app.state.monitor = node.monitor  # the live monitor's board, for the pages (or None)
     app.state.guard = node.guard
     return app

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from hopper.access import Authenticator
 from hopper.clock import Clock, SystemClock
 from hopper.config import HopperSettings
+from hopper.edge.monitor import MonitorBoard, MonitorSink
 from hopper.edge.server import ConnectionGuard
 from hopper.errors import HopperError
 from hopper.ingest.intake import Intake
@@ -31,7 +32,7 @@ class EdgeNode:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = HopperMetrics()
-        self.resources = Resources(settings, self.metrics)
+        self.resources = Resources(settings, self.metrics, self.clock)
         self.topology = build_topology(settings, "edge", self.clock, self.metrics, self.resources)
         # The node's own store (tokens live there too), whether or not it is a sink.
         self.store: EventStore = self.resources.event_store()
@@ -52,6 +53,9 @@ class EdgeNode:
         )
         self.authenticator = Authenticator(settings.auth, settings.store, self.metrics)
         self.guard = ConnectionGuard(settings, self.metrics)  # limits of the HTTP server
+        if self.monitor is not None:
+            # Live monitor streams never end by themselves: end them when the server stops.
+            self.guard.on_shutdown(self.monitor.close_subscriptions)
         self.stream_subscribers = 0  # open /v1/stream connections (event loop only)
         self.mqtt: MqttEventSource | None = None
         if "mqtt" in self.topology.settings.sources:
@@ -73,6 +77,14 @@ class EdgeNode:
         return {
             sink.channel: sink for sink in self.topology.live_sinks if isinstance(sink, ChannelSink)
         }
+
+    @property
+    def monitor(self) -> MonitorBoard | None:
+        """Return the live monitor's board (None: the edge topology has no monitor sink)."""
+        for sink in self.topology.live_sinks:
+            if isinstance(sink, MonitorSink):
+                return sink.board
+        return None
 
     @property
     def is_publishing_healthy(self) -> bool:

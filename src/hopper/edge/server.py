@@ -9,7 +9,9 @@ request's headers, so a few hundred half-open connections (slowloris) would stay
 - a request's headers must arrive within ``server.header_timeout_secs`` of its first
   byte (or of the connection's opening), else the connection is closed;
 - a WebSocket frame over ``server.max_websocket_frame_bytes`` closes its connection (code
-  1009, by the WebSocket library), counted here.
+  1009, by the WebSocket library), counted here;
+- when the server starts to stop, the ``on_shutdown`` callbacks run once: uvicorn waits
+  for every response to finish, and a never-ending one (an SSE stream) must be told to.
 
 Each refusal is counted in ``connections_refused_total{reason}``.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -46,6 +49,8 @@ class ConnectionGuard:
         self.header_timeout = settings.server.header_timeout_secs
         self._metrics = metrics
         self._open: set[Any] = set()
+        self._on_shutdown: list[Callable[[], None]] = []
+        self.is_shutting_down = False
 
     @property
     def open_connections(self) -> int:
@@ -67,6 +72,21 @@ class ConnectionGuard:
         """Uncount a closed connection."""
         self._open.discard(transport)
         self._metrics.connections_open.set(len(self._open))
+
+    def on_shutdown(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the server starts to stop (before it waits)."""
+        self._on_shutdown.append(callback)
+
+    def shutting_down(self) -> None:
+        """Run the shutdown callbacks (once)."""
+        if self.is_shutting_down:
+            return
+        self.is_shutting_down = True
+        for callback in self._on_shutdown:
+            try:
+                callback()
+            except Exception:  # one part's failure must not keep the server from stopping
+                logger.exception("A shutdown callback failed.")
 
     def refused(self, reason: str) -> None:
         """Count a connection refused or closed by a limit."""
@@ -99,6 +119,10 @@ class ConnectionGuard:
             def on_headers_complete(self) -> None:
                 self._stop_header_timer()
                 super().on_headers_complete()
+
+            def shutdown(self) -> None:
+                guard.shutting_down()  # end never-ending responses, so they can complete
+                super().shutdown()
 
             def _start_header_timer(self) -> None:
                 if self._header_timer is None:

@@ -93,6 +93,39 @@ class HopperMetrics:
             registry=r,
             buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
         )
+        # The live monitor (hopper.edge.monitor).
+        self.monitor_devices = Gauge(
+            "monitor_devices", "Devices the live monitor tracks, by state.", ["state"], registry=r
+        )
+        self.monitor_subscribers = Gauge(
+            "monitor_subscribers", "Open live monitor subscriptions (streams, pages).", registry=r
+        )
+        self.monitor_changes = _Counter(
+            "monitor_changes", "Device changes the live monitor emitted.", registry=r
+        )
+        self.monitor_coalesced = _Counter(
+            "monitor_coalesced",
+            "Device changes merged into one a subscriber had not taken yet.",
+            registry=r,
+        )
+        self.monitor_resets = _Counter(
+            "monitor_resets",
+            "Snapshots sent instead of changes, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.monitor_forgotten = _Counter(
+            "monitor_forgotten",
+            "Devices the live monitor stopped tracking, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.monitor_delivery_seconds = Histogram(
+            "monitor_delivery_seconds",
+            "From an event's receipt to its change written to a live monitor stream.",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
         self._components: dict[str, ComponentMetrics] = {}
 
     def component(self, name: str) -> ComponentMetrics:

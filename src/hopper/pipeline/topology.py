@@ -4,7 +4,7 @@ Every component is named in the config and built from a registry here, so that n
 elsewhere needs to know a sink or stage by name:
 
     stages   decode, authorize, validate, dedup                      (``STAGES``)
-    sinks    store, topic:NAME (durable); protos, lp-events (live)   (``build_sink``)
+    sinks    store, topic:NAME (durable); protos, lp-events, monitor (live: ``LIVE_SINKS``)
     sources  http, websocket, mqtt (``hopper serve``); topic:NAME (``hopper worker``)
 
 ``check_topologies`` lists what is wrong with the declared topologies, for start-up and
@@ -14,12 +14,13 @@ elsewhere needs to know a sink or stage by name:
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hopper.clock import Clock
+from hopper.clock import Clock, SystemClock
 from hopper.config import HopperSettings, TopologySettings
 from hopper.errors import ConfigError
 from hopper.events.protobuf import EVENT_TYPES
@@ -50,7 +51,15 @@ STAGES: dict[str, StageFactory] = {
     "dedup": lambda settings, clock: Dedup(),
 }
 DURABLE_SINKS = ("store", "topic")
-LIVE_SINKS = ("protos", "lp-events")
+# Every live sink the config may name: the import path of its factory, called as
+# ``factory(name, resources)`` once per process. Loaded only when a topology names it, like
+# the backends' registries, so a part above the pipeline (the edge's live monitor) plugs in
+# here without this module importing it.
+LIVE_SINKS: dict[str, str] = {
+    "protos": "hopper.pipeline.topology:build_channel_sink",
+    "lp-events": "hopper.pipeline.topology:build_channel_sink",
+    "monitor": "hopper.edge.monitor:build_monitor_sink",
+}
 SERVED_SOURCES = ("http", "websocket", "mqtt")  # run by `hopper serve`
 TOPIC = "topic"  # `topic:NAME`, as a source (run by `hopper worker`) or a durable sink
 
@@ -160,10 +169,12 @@ class Resources:
 
     settings: HopperSettings
     metrics: HopperMetrics
+    clock: Clock = field(default_factory=SystemClock)
     _store: EventStore | None = None
     _channels: Channels | None = None
     _topics: TopicLog | None = None
     _channel_sinks: dict[str, ChannelSink] = field(default_factory=dict)
+    _live_sinks: dict[str, LiveSink] = field(default_factory=dict)
 
     def event_store(self) -> EventStore:
         """Return the writer's event store, migrated."""
@@ -206,6 +217,15 @@ class Resources:
         self._channel_sinks[name] = sink
         return sink
 
+    def live_sink(self, name: str) -> LiveSink:
+        """Return the live sink ``name`` of ``LIVE_SINKS`` (one per process, shared)."""
+        found = self._live_sinks.get(name)
+        if found is None:
+            module, _, factory = LIVE_SINKS[name].partition(":")
+            build: LiveSinkFactory = getattr(importlib.import_module(module), factory)
+            found = self._live_sinks[name] = build(name, self)
+        return found
+
     @property
     def channel_sinks(self) -> dict[str, ChannelSink]:
         """Return the channel sinks built so far, by sink name."""
@@ -221,6 +241,14 @@ class Resources:
             self._topics.close()
 
 
+LiveSinkFactory = Callable[[str, Resources], LiveSink]
+
+
+def build_channel_sink(name: str, resources: Resources) -> ChannelSink:
+    """Build the live sink of channel ``protos`` or ``lp-events`` (a ``LIVE_SINKS`` factory)."""
+    return resources.channel_sink(name)
+
+
 def build_sink(name: str, resources: Resources) -> DurableSink | LiveSink:
     """Build the sink a topology names."""
     kind, arg = split_component(name)
@@ -230,7 +258,7 @@ def build_sink(name: str, resources: Resources) -> DurableSink | LiveSink:
         from hopper.pipeline.topics.sink import TopicSink
 
         return TopicSink(resources.topic_log(), arg, resources.settings.topics.partitions)
-    return resources.channel_sink(kind)
+    return resources.live_sink(kind)
 
 
 @dataclass

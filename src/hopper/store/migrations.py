@@ -6,6 +6,8 @@ own migrations, and list them here; versions are one sequence across parts.
     1-4  the event tables, tokens, the dedup index      (hopper.store.schema)
     5  reference data (hopper.store.reference)
     6  analytics (hopper.store.analytics)
+    7-8  token subjects, job runs                        (hopper.store.schema)
+    9  web pages: users, sessions, seat layouts (hopper.store.users)
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import Any, Protocol
 from hopper.store.analytics import ANALYTICS_MIGRATIONS
 from hopper.store.reference import REFERENCE_MIGRATIONS
 from hopper.store.schema import CORE_MIGRATIONS, VERSION_TABLE, Migration
+from hopper.store.users import USER_MIGRATIONS
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS: tuple[Migration, ...] = tuple(
     sorted(
-        (*CORE_MIGRATIONS, *REFERENCE_MIGRATIONS, *ANALYTICS_MIGRATIONS),
+        (*CORE_MIGRATIONS, *REFERENCE_MIGRATIONS, *ANALYTICS_MIGRATIONS, *USER_MIGRATIONS),
         key=lambda m: m.version,
     )
 )

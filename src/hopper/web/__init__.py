@@ -1,7 +1,9 @@
-"""Templates and static files of the edge and collector web pages (routes live in edge/)."""
+"""Templates, catalogs and static files of the edge and collector web pages (routes in edge/)."""
 
 from pathlib import Path
 
 STATIC_DIR = Path(__file__).parent / "static"
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+LOCALES_DIR = Path(__file__).parent / "locales"
 
-__all__ = ["STATIC_DIR"]
+__all__ = ["LOCALES_DIR", "STATIC_DIR", "TEMPLATES_DIR"]

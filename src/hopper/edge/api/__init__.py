@@ -1,4 +1,4 @@
-"""The analytics API (``/v1/students``, ``/v1/portal``, ``/v1/devops``, ``/v1/ec``).
+"""The analytics API (``/v1/students``, ``/portal``, ``/devops``, ``/ec``, ``/monitor``).
 
 JSON over the derived tables (``an_*``), the reference data (``ec_*``) and the events;
 versioned under ``/v1``; OpenAPI at ``/v1/openapi.json`` (browsable at ``/docs``). Each
@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from hopper import __version__
 from hopper.access import Authenticator
 from hopper.clock import Clock
-from hopper.edge.api import devops, ec, portal, students
+from hopper.edge.api import devops, ec, monitor, portal, students
 
 if TYPE_CHECKING:
     from hopper.edge.node import EdgeNode
@@ -47,7 +47,7 @@ def create_api(node: EdgeNode, engine: sa.Engine) -> FastAPI:
         description=(__doc__ or "").strip(),
     )
     api.state.api = AnalyticsApi(engine, node.authenticator, node.clock, node)
-    for router in (students.router, portal.router, devops.router, ec.router):
+    for router in (students.router, portal.router, devops.router, ec.router, monitor.router):
         api.include_router(router)
 
     @api.exception_handler(sa.exc.OperationalError)

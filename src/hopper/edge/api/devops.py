@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -14,6 +15,9 @@ from hopper.edge.api.paging import MAX_LIMIT, decode_cursor, page, with_etag
 from hopper.jobs.history import last_runs
 from hopper.store.analytics import an_runs, an_sessions
 from hopper.store.schema import reader_events, reader_events_errors
+
+if TYPE_CHECKING:
+    from hopper.edge.node import EdgeNode
 
 router = APIRouter(prefix="/devops", tags=["devops"])
 
@@ -31,28 +35,10 @@ def devices(
 ) -> dict[str, Any]:
     """Each device's latest stored event: when, which app version, platform and school."""
     key = decode_cursor(after, (str,))
-    e = reader_events
-    latest = sa.select(e.c.device_id, sa.func.max(e.c.id).label("id")).group_by(e.c.device_id)
-    if key is not None:
-        latest = latest.where(e.c.device_id > key[0])
-    if caller.principal.schools is not None:
-        latest = latest.where(e.c.school_id.in_(sorted(caller.principal.schools)))
-    latest_q = latest.order_by(e.c.device_id).limit(limit + 1).subquery()
-    query = (
-        sa.select(
-            e.c.device_id,
-            e.c.app_time_ms,
-            e.c.received_ms,
-            e.c.app_version,
-            e.c.platform,
-            e.c.school_id,
-            e.c.event_type,
-        )
-        .join(latest_q, latest_q.c.id == e.c.id)
-        .order_by(e.c.device_id)
-    )
     with caller.engine.connect() as conn:
-        rows = conn.execute(query).all()
+        rows = latest_devices(
+            conn, caller.principal.schools, None if key is None else key[0], limit + 1
+        )
     items = [
         {
             "device_id": r.device_id,
@@ -115,28 +101,7 @@ def events_per_day(
 def ingest(request: Request, caller: CallerDep) -> dict[str, Any]:
     """How far behind the writer and the processing are, and what the queue holds."""
     api = request.app.state.api
-    now = api.clock.now_ms()
-    intake = api.node.intake
-    with caller.engine.connect() as conn:
-        errors = conn.execute(sa.select(sa.func.count()).select_from(reader_events_errors)).scalar()
-        last_id = conn.execute(sa.select(sa.func.max(reader_events.c.id))).scalar()
-        run = conn.execute(
-            sa.select(an_runs.c.finished_ms, an_runs.c.to_event_id)
-            .where(an_runs.c.finished_ms.is_not(None))
-            .order_by(an_runs.c.run_id.desc())
-            .limit(1)
-        ).first()
-    last_commit = intake.last_commit_ms
-    return {
-        "last_commit_age_s": None if last_commit is None else round((now - last_commit) / 1000, 3),
-        "queue_depth": intake.depth,
-        "queue_capacity": intake.capacity,
-        "queue_bytes": intake.admission.bytes,
-        "error_rows": int(errors or 0),
-        "events_not_yet_processed": int((last_id or 0) - (run.to_event_id if run else 0)),
-        "last_processing_age_s": None if run is None else round((now - run.finished_ms) / 1000, 3),
-        "store": api.node.store.backend,
-    }
+    return ingest_status(api.node, caller.engine, api.clock.now_ms())
 
 
 @router.get("/jobs", summary="The last run of each job")
@@ -154,4 +119,57 @@ def jobs(request: Request, caller: CallerDep) -> dict[str, Any]:
             }
             for run in sorted(runs.values(), key=lambda r: r.job)
         ]
+    }
+
+
+def latest_devices(
+    conn: sa.Connection, schools: frozenset[str] | None, after: str | None, limit: int
+) -> Sequence[Any]:
+    """Each device's latest stored event (by device id, after ``after``), at most ``limit``."""
+    e = reader_events
+    latest = sa.select(e.c.device_id, sa.func.max(e.c.id).label("id")).group_by(e.c.device_id)
+    if after is not None:
+        latest = latest.where(e.c.device_id > after)
+    if schools is not None:
+        latest = latest.where(e.c.school_id.in_(sorted(schools)))
+    latest_q = latest.order_by(e.c.device_id).limit(limit).subquery()
+    query = (
+        sa.select(
+            e.c.device_id,
+            e.c.app_time_ms,
+            e.c.received_ms,
+            e.c.app_version,
+            e.c.platform,
+            e.c.school_id,
+            e.c.event_type,
+            e.c.username,
+        )
+        .join(latest_q, latest_q.c.id == e.c.id)
+        .order_by(e.c.device_id)
+    )
+    return conn.execute(query).all()
+
+
+def ingest_status(node: EdgeNode, engine: sa.Engine, now: int) -> dict[str, Any]:
+    """How far behind the writer and the processing are, and what the queue holds."""
+    intake = node.intake
+    with engine.connect() as conn:
+        errors = conn.execute(sa.select(sa.func.count()).select_from(reader_events_errors)).scalar()
+        last_id = conn.execute(sa.select(sa.func.max(reader_events.c.id))).scalar()
+        run = conn.execute(
+            sa.select(an_runs.c.finished_ms, an_runs.c.to_event_id)
+            .where(an_runs.c.finished_ms.is_not(None))
+            .order_by(an_runs.c.run_id.desc())
+            .limit(1)
+        ).first()
+    last_commit = intake.last_commit_ms
+    return {
+        "last_commit_age_s": None if last_commit is None else round((now - last_commit) / 1000, 3),
+        "queue_depth": intake.depth,
+        "queue_capacity": intake.capacity,
+        "queue_bytes": intake.admission.bytes,
+        "error_rows": int(errors or 0),
+        "events_not_yet_processed": int((last_id or 0) - (run.to_event_id if run else 0)),
+        "last_processing_age_s": None if run is None else round((now - run.finished_ms) / 1000, 3),
+        "store": node.store.backend,
     }

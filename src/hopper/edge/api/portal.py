@@ -38,6 +38,24 @@ def _today(clock_ms: int, time_zone: str | None) -> date:
     return datetime.fromtimestamp(clock_ms / 1000, tz=zone(time_zone or "")).date()
 
 
+def class_usernames(class_id: str) -> sa.Select[Any]:
+    """Select the usernames of a class's members (``ec_class_members``)."""
+    return (
+        sa.select(ec_students.c.username)
+        .select_from(
+            ec_class_members.join(
+                ec_students, ec_students.c.student_id == ec_class_members.c.student_id
+            )
+        )
+        .where(ec_class_members.c.class_id == class_id)
+    )
+
+
+def school_today(clock_ms: int, time_zone: str | None) -> date:
+    """Return today's date in a school's time zone (UTC when unknown)."""
+    return _today(clock_ms, time_zone)
+
+
 def report(
     conn: sa.Connection,
     usernames: sa.Select[Any],
@@ -168,15 +186,7 @@ def klass(request: Request, caller: CallerDep, class_id: Id, days: Days = 30) ->
         ).first()
         if found is None:
             raise HTTPException(status_code=404, detail="no such class")
-        usernames = (
-            sa.select(ec_students.c.username)
-            .select_from(
-                ec_class_members.join(
-                    ec_students, ec_students.c.student_id == ec_class_members.c.student_id
-                )
-            )
-            .where(ec_class_members.c.class_id == class_id)
-        )
+        usernames = class_usernames(class_id)
         body = {
             "class_id": class_id,
             "name": found.name,

@@ -39,62 +39,13 @@ def _minutes(ms: int | None) -> float:
 
 
 @router.get("/{username}", summary="A student's summary")
-def student_summary(request: Request, caller: CallerDep, username: Username) -> Response:
+def summary(request: Request, caller: CallerDep, username: Username) -> Response:
     """Reading and activity totals, active days and streaks, as processing last computed them."""
     _check_student(caller, username)
     with caller.engine.connect() as conn:
-        row = (
-            conn.execute(sa.select(an_students).where(an_students.c.username == username))
-            .mappings()
-            .first()
-        )
-        who = (
-            conn.execute(
-                sa.select(
-                    ec_students.c.display_name, ec_students.c.school_id, ec_students.c.grade
-                ).where(ec_students.c.username == username)
-            )
-            .mappings()
-            .first()
-        )
-        if row is None and who is None:
-            raise HTTPException(status_code=404, detail="no such student, or nothing processed yet")
-        totals = conn.execute(
-            sa.select(
-                sa.func.coalesce(sa.func.sum(an_student_days.c.flashcard_reviews), 0),
-                sa.func.coalesce(sa.func.sum(an_student_days.c.lp_steps), 0),
-                sa.func.coalesce(sa.func.sum(an_student_days.c.pages_read), 0),
-            ).where(an_student_days.c.username == username)
-        ).one()
-        books = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.coalesce(sa.func.sum(an_student_books.c.is_completed), 0),
-            ).where(an_student_books.c.username == username)
-        ).one()
-    r = dict(row) if row is not None else {}
-    body = {
-        "username": username,
-        "display_name": who["display_name"] if who else None,
-        "grade": who["grade"] if who else None,
-        "school_id": r.get("school_id") or (who["school_id"] if who else None),
-        "time_zone": r.get("time_zone"),
-        "first_day": r.get("first_day"),
-        "last_day": r.get("last_day"),
-        "last_active_day": r.get("last_active_day"),
-        "last_reading_day": r.get("last_reading_day"),
-        "active_days": r.get("active_days", 0),
-        "current_streak": r.get("current_streak", 0),
-        "longest_streak": r.get("longest_streak", 0),
-        "reading_minutes": _minutes(r.get("reading_ms")),
-        "active_minutes": _minutes(r.get("active_ms")),
-        "pages_read": int(totals[2]),
-        "flashcard_reviews": int(totals[0]),
-        "learning_path_steps": int(totals[1]),
-        "books_started": int(books[0]),
-        "books_completed": int(books[1]),
-        "as_of_day": r.get("as_of_day"),
-    }
+        body = student_summary(conn, username)
+    if body is None:
+        raise HTTPException(status_code=404, detail="no such student, or nothing processed yet")
     return with_etag(request, body)
 
 
@@ -256,3 +207,59 @@ def describe(event_type: str, payload: dict[str, Any]) -> str:
         case "cam_status":
             return "tablet status"
     return event_type
+
+
+def student_summary(conn: sa.Connection, username: str) -> dict[str, Any] | None:
+    """A student's totals as processing last computed them; None when nothing is known."""
+    row = (
+        conn.execute(sa.select(an_students).where(an_students.c.username == username))
+        .mappings()
+        .first()
+    )
+    who = (
+        conn.execute(
+            sa.select(
+                ec_students.c.display_name, ec_students.c.school_id, ec_students.c.grade
+            ).where(ec_students.c.username == username)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None and who is None:
+        return None
+    totals = conn.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(an_student_days.c.flashcard_reviews), 0),
+            sa.func.coalesce(sa.func.sum(an_student_days.c.lp_steps), 0),
+            sa.func.coalesce(sa.func.sum(an_student_days.c.pages_read), 0),
+        ).where(an_student_days.c.username == username)
+    ).one()
+    books = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(an_student_books.c.is_completed), 0),
+        ).where(an_student_books.c.username == username)
+    ).one()
+    r = dict(row) if row is not None else {}
+    return {
+        "username": username,
+        "display_name": who["display_name"] if who else None,
+        "grade": who["grade"] if who else None,
+        "school_id": r.get("school_id") or (who["school_id"] if who else None),
+        "time_zone": r.get("time_zone"),
+        "first_day": r.get("first_day"),
+        "last_day": r.get("last_day"),
+        "last_active_day": r.get("last_active_day"),
+        "last_reading_day": r.get("last_reading_day"),
+        "active_days": r.get("active_days", 0),
+        "current_streak": r.get("current_streak", 0),
+        "longest_streak": r.get("longest_streak", 0),
+        "reading_minutes": _minutes(r.get("reading_ms")),
+        "active_minutes": _minutes(r.get("active_ms")),
+        "pages_read": int(totals[2]),
+        "flashcard_reviews": int(totals[0]),
+        "learning_path_steps": int(totals[1]),
+        "books_started": int(books[0]),
+        "books_completed": int(books[1]),
+        "as_of_day": r.get("as_of_day"),
+    }
