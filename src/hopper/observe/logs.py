@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 import orjson
 
@@ -60,13 +61,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of each record."""
+
+    # Bound at emit time, not at set-up: a redirected stderr (a CLI runner, a daemon
+    # re-opening its log) may be closed while background threads still log.
+    @property
+    def stream(self) -> TextIO:
+        """The current standard error."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     """Install Hopper's handler on the root logger (idempotent)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_hopper", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler._hopper = True  # type: ignore[attr-defined]  # noqa: SLF001
     handler.addFilter(RedactingFilter())
     if fmt == "json":
