@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,36 @@ def test_a_form_that_is_too_big_or_not_a_form_is_refused(client: TestClient) -> 
         ).status_code
         == 415
     )
+
+
+def test_the_devices_page_reads_batteries_from_the_store_when_the_monitor_is_off(
+    tmp_path: Path,
+) -> None:
+    settings = school_settings(
+        tmp_path, pipeline={"edge": {"sinks": ["store", "protos", "lp-events"]}}
+    )
+    with TestClient(create_app(settings, run_jobs=False)) as client:
+        token = create_token(settings.store, "ingest")
+
+        def post(batch: bytes, token: str) -> None:
+            headers = {"content-type": "application/x-protobuf", **bearer(token)}
+            assert client.post("/v1/events", content=batch, headers=headers).status_code == 200
+
+        seed_school(settings, post, token, int(time.time() * 1000))
+        _login(client, "it")
+        page = client.get("/ui/devices")
+    assert page.status_code == 200
+    shown = dict(
+        re.findall(r'<tr><th scope="row">([^<]+)</th>.*?<td class="num">([^<]+)</td>', page.text)
+    )
+    # Each tablet's newest stored CAM status, by id: what the page must show.
+    conn = sqlite3.connect(settings.store.sqlite_path)
+    try:
+        newest = conn.execute(
+            "SELECT device_id, json_extract(payload, '$.battery_pct') FROM reader_events e "
+            "WHERE id = (SELECT max(id) FROM reader_events x WHERE x.device_id = e.device_id "
+            "AND x.event_type = 'cam_status')"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert newest and shown == {device: f"{battery} %" for device, battery in newest}

@@ -25,3 +25,32 @@ def test_arabic_is_right_to_left_and_numbers_follow_the_locale() -> None:
     assert LANGUAGES["sl"].number(1234.5, 1) == "1.234,5"
     assert LANGUAGES["en"].number(1234.5, 1) == "1,234.5"
     assert LANGUAGES["en"].number(None) == "–"
+
+
+def test_every_message_of_the_pages_is_translated_with_the_same_placeholders() -> None:
+    import re
+    from pathlib import Path
+
+    from babel.messages.pofile import read_po
+    from jinja2.ext import babel_extract
+
+    import hopper.web
+
+    web = Path(hopper.web.__file__).parent
+    used: set[str] = set()
+    for template in (web / "templates").rglob("*.html"):
+        with template.open("rb") as f:
+            for _, _, message, _ in babel_extract(f, ("_", "gettext"), [], {}):
+                # A message with keyword arguments comes as (msgid, None, ...).
+                msgid = message[0] if isinstance(message, tuple) else message
+                if msgid:
+                    used.add(msgid)
+    assert len(used) > 100  # the extraction found the templates' messages
+    placeholder = re.compile(r"%\(\w+\)s")
+    for locale in ("sl", "ar"):
+        with (web / "locales" / locale / "LC_MESSAGES" / "messages.po").open("rb") as f:
+            catalog = {m.id: m.string for m in read_po(f) if m.id}
+        assert used <= set(catalog), f"{locale}: not in the catalog: {used - set(catalog)}"
+        for msgid, text in catalog.items():
+            assert text, f"{locale}: untranslated: {msgid!r}"
+            assert set(placeholder.findall(text)) == set(placeholder.findall(msgid)), msgid

@@ -127,12 +127,34 @@ def latest_devices(
 ) -> Sequence[Any]:
     """Each device's latest stored event (by device id, after ``after``), at most ``limit``."""
     e = reader_events
-    latest = sa.select(e.c.device_id, sa.func.max(e.c.id).label("id")).group_by(e.c.device_id)
+    # A GROUP BY over reader_events reads every row of the (device_id, id) index: seconds
+    # at 10M events. Walking the distinct device ids one index seek at a time (a loose
+    # index scan, which neither SQLite nor PostgreSQL does by itself) costs one seek per
+    # device, and each device's newest id is one more.
+    step = e.alias("step")
+    anchor = sa.select(sa.func.min(e.c.device_id).label("device_id"))
     if after is not None:
-        latest = latest.where(e.c.device_id > after)
-    if schools is not None:
-        latest = latest.where(e.c.school_id.in_(sorted(schools)))
-    latest_q = latest.order_by(e.c.device_id).limit(limit).subquery()
+        anchor = anchor.where(e.c.device_id > after)
+    devices = anchor.cte("devices", recursive=True)
+    devices = devices.union_all(
+        sa.select(
+            sa.select(sa.func.min(step.c.device_id))
+            .where(step.c.device_id > devices.c.device_id)
+            .scalar_subquery()
+        ).where(devices.c.device_id.is_not(None))
+    )
+    newest = e.alias("newest")
+    latest = (
+        sa.select(
+            devices.c.device_id,
+            sa.select(sa.func.max(newest.c.id))
+            .where(newest.c.device_id == devices.c.device_id)
+            .scalar_subquery()
+            .label("id"),
+        )
+        .where(devices.c.device_id.is_not(None))
+        .subquery()
+    )
     query = (
         sa.select(
             e.c.device_id,
@@ -144,10 +166,30 @@ def latest_devices(
             e.c.event_type,
             e.c.username,
         )
-        .join(latest_q, latest_q.c.id == e.c.id)
+        .join(latest, latest.c.id == e.c.id)
         .order_by(e.c.device_id)
+        .limit(limit)
     )
+    if schools is not None:
+        query = query.where(e.c.school_id.in_(sorted(schools)))
     return conn.execute(query).all()
+
+
+def last_status_payloads(conn: sa.Connection, device_ids: Sequence[str]) -> dict[str, Any]:
+    """Each listed device's newest CAM status payload (walking its events newest first)."""
+    e = reader_events
+    out: dict[str, Any] = {}
+    query = (
+        sa.select(e.c.payload)
+        .where(e.c.device_id == sa.bindparam("device"), e.c.event_type == "cam_status")
+        .order_by(e.c.id.desc())
+        .limit(1)
+    )
+    for device_id in device_ids:
+        payload = conn.execute(query, {"device": device_id}).scalar()
+        if payload is not None:
+            out[device_id] = payload
+    return out
 
 
 def ingest_status(node: EdgeNode, engine: sa.Engine, now: int) -> dict[str, Any]:

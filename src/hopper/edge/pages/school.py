@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from hopper.config import ProcessingSettings
-from hopper.edge.api.devops import ingest_status, latest_devices
+from hopper.edge.api.devops import ingest_status, last_status_payloads, latest_devices
 from hopper.edge.health import health_report
 from hopper.edge.pages.classes import members, school_day, week_figures
 from hopper.edge.pages.i18n import N_
@@ -124,21 +124,12 @@ def devices_page(request: Request) -> Response:
         battery: dict[str, Any] = {}
         if board is not None:  # the live monitor holds each tablet's last CAM status
             battery = {tile.device_id: tile.battery_pct for tile in board.device_tiles()}
-        else:
-            e = reader_events
-            status = (
-                sa.select(e.c.device_id, sa.func.max(e.c.id).label("id"))
-                .where(e.c.event_type == "cam_status")
-                .group_by(e.c.device_id)
-                .subquery()
-            )
-            for r in conn.execute(
-                sa.select(e.c.device_id, e.c.payload).join(status, status.c.id == e.c.id)
-            ):
-                payload = (
-                    r.payload if isinstance(r.payload, dict) else orjson.loads(r.payload or "{}")
-                )
-                battery[r.device_id] = payload.get("battery_pct")
+        else:  # the monitor is off: each listed tablet's newest stored status instead
+            for device_id, payload in last_status_payloads(
+                conn, [r.device_id for r in rows]
+            ).items():
+                status = payload if isinstance(payload, dict) else orjson.loads(payload or "{}")
+                battery[device_id] = status.get("battery_pct")
         names = members(conn, page.scope, None) if page.scope.may("classes") else {}
     now = page.site.clock.now_ms()
     devices = [

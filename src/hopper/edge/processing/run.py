@@ -187,16 +187,32 @@ class Processor:
         )[0]
         start_ms = now_ms if span[0] is None else min(int(span[0]), now_ms)
         end_ms = now_ms if span[1] is None else max(int(span[1]), now_ms)
+        steps: list[tuple[str, float]] = []  # seconds per step, for the debug log
+        mark = time.perf_counter()
+
+        def step(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            steps.append((name, now - mark))
+            mark = now
+
         # The flashcard replay (Python) runs beside the SQL (which releases the GIL).
         with ThreadPoolExecutor(1, thread_name_prefix="hopper-processing-cards") as pool:
             replayed = pool.submit(self._replay_cards, dict(params), full)
             fill_time_tables(db, reference_zones(todays), start_ms, end_ms, todays)
+            step("calendar")
             reading.select_scope(db, params, full=full)
+            step("scope")
             reading.compute_reading(db, params, full=full)
+            step("compute reading")
             daily.compute_days(db)
+            step("compute days")
             learning_paths.compute_learning_paths(db, params)
+            step("compute paths")
             card_rows = replayed.result()
+            step("wait for the card replay")
         flashcards.store_cards(db, card_rows)
+        step("store cards")
         cards = len(card_rows)
         days = int(db.query("SELECT count(*) FROM tmp_scope_days")[0][0])
         computed = time.perf_counter()
@@ -228,19 +244,33 @@ class Processor:
                 for table in ("an_sessions", "an_page_days", "an_student_days", "an_lp_step_days"):
                     db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             reading.apply_reading(db, params)
+            step("reading")
             daily.apply_days(db, params)
+            step("days")
             learning_paths.apply_learning_paths(db, params, every_path=every_path)
+            step("paths")
             flashcards.apply_cards(db, params, full=full)
+            step("cards")
             reading.roll_up_books(db, params, every_book=every_book)
+            step("books")
             daily.roll_up_students(db, params)
+            step("students")
             flashcards.roll_up_decks(db, params)
+            step("decks")
             flags = needs_help.flag_students(db, params)
+            step("needs help")
             db.execute(
                 "UPDATE an_runs SET finished_ms = :finished_ms WHERE run_id = :run_id",
                 {"finished_ms": self._clock.now_ms(), "run_id": params["run_id"]},
             )
         done = time.perf_counter()
+        step("commit")
         mode = "full" if full else "incremental"
+        logger.debug(
+            "Processing run %d steps, s: %s",
+            params["run_id"],
+            ", ".join(f"{name} {secs:.2f}" for name, secs in steps),
+        )
         logger.info(
             "Processing run %d (%s, %s): events %d-%d, %d student-days, %d cards, "
             "%d flags; %.2f s computing, %.2f s writing.",
