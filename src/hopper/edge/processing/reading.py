@@ -249,12 +249,10 @@ def replace_days(db: ProcessingDb, table: str) -> None:
 
 
 _READ_IN_BOOK = "CASE WHEN p.reading_ms > 0 AND p.page BETWEEN 1 AND b.page_count THEN p.page END"
-# Grouped in the primary key's order (no sort); the last page is looked up afterwards.
+# Grouped in the primary key's order (no sort).
 _BOOKS = f"""
 SELECT g.username, g.book_id, g.page_count, g.pages_read, g.page_views, g.reading_ms,
-       (SELECT MAX(x.page) FROM an_page_days x
-        WHERE x.username = g.username AND x.book_id = g.book_id
-          AND x.last_view_ms = g.last_view_ms) AS last_page,
+       g.last_key - g.last_key / 1000000 * 1000000 AS last_page,  -- integer division
        g.last_view_ms, g.days_read, g.first_day, g.last_day,
        CASE WHEN g.page_count > 0
             THEN CAST(g.read_in_book AS DOUBLE PRECISION) / g.page_count END AS completion,
@@ -268,6 +266,10 @@ FROM (
          COUNT(DISTINCT {_READ_IN_BOOK}) AS read_in_book,
          SUM(p.views) AS page_views, SUM(p.reading_ms) AS reading_ms,
          MAX(p.last_view_ms) AS last_view_ms,
+         -- The last page: the highest page of the newest view, packed with its time into
+         -- one number (a correlated lookup per book cost 15 s at 10M on PostgreSQL).
+         MAX(p.last_view_ms * 1000000
+             + CASE WHEN p.page BETWEEN 0 AND 999999 THEN p.page ELSE 0 END) AS last_key,
          COUNT(DISTINCT CASE WHEN p.reading_ms > 0 THEN p.day END) AS days_read,
          MIN(p.day) AS first_day, MAX(p.day) AS last_day
   FROM {{pages}}
@@ -284,6 +286,14 @@ BOOK_COLUMNS = (
 
 def roll_up_books(db: ProcessingDb, params: Params, *, every_book: bool) -> None:
     """Recompute an_student_books for the touched (student, book) pairs, or for all."""
+    if not every_book:
+        # A day of school touches most pairs: then one pass over every page day (in key
+        # order) beats a lookup per pair (PostgreSQL at 10M: 5 s against 15 s).
+        touched, known = db.query(
+            "SELECT (SELECT count(*) FROM tmp_touched_books), "
+            "(SELECT count(*) FROM an_student_books)"
+        )[0]
+        every_book = int(touched) * 4 > int(known)
     if every_book:
         db.execute("DELETE FROM an_student_books")
         pages = "an_page_days p"
