@@ -167,7 +167,11 @@ async def api_load(
 
         async def one(name: str, path: str) -> None:
             started = time.perf_counter()
-            response = await client.get(path)
+            try:
+                response = await client.get(path)
+            except httpx.HTTPError as exc:  # e.g. a keep-alive connection closed under us
+                errors.append(f"{path}: {type(exc).__name__}")
+                return
             if response.status_code != 200:
                 errors.append(f"{path}: {response.status_code}")
                 return

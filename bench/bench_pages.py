@@ -124,9 +124,13 @@ async def page_load(
 
     async def one(role: str, path: str) -> None:
         started = time.perf_counter()
-        async with clients[role].stream("GET", path) as response:
-            ttfb = time.perf_counter() - started  # the status line and headers are in
-            await response.aread()
+        try:
+            async with clients[role].stream("GET", path) as response:
+                ttfb = time.perf_counter() - started  # the status line and headers are in
+                await response.aread()
+        except httpx.HTTPError as exc:  # e.g. a keep-alive connection closed under us
+            errors.append(f"{role} {path}: {type(exc).__name__}")
+            return
         if response.status_code != 200:
             errors.append(f"{role} {path}: {response.status_code}")
             return
