@@ -24,13 +24,12 @@ import sqlite3
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import seed
 from bench_processing import seed_sqlite, sqlite_seed_path
 from harness import BENCH_POOL_SEED, Server, Stamper, log, now_ms
-from phases import websocket_phase
+from phases import IngestProcess
 
 from hopper.access import Scope, create_token
 from hopper.config import load_settings
@@ -242,23 +241,17 @@ def main() -> int:
     try:
         server.wait_ready(mqtt=False)
 
-        async def both() -> tuple[Any, dict[str, list[float]]]:
-            ingest = asyncio.create_task(
-                websocket_phase(
-                    "ingest", server.ws_url, batches, duration=opts.duration, connections=1,
-                    window=32, rate=opts.ingest_rate, token=token,
-                )
-            )  # fmt: skip
-            await asyncio.sleep(1.0)
-            api = await api_load(
-                server.base_url, token, users, school, opts.rate, opts.duration - 2
-            )
-            return await ingest, api
-
-        ingest_phase, latencies = asyncio.run(both())
+        ingest = IngestProcess(
+            server.ws_url, batches, duration=opts.duration, rate=opts.ingest_rate, token=token
+        )
+        time.sleep(1.0)
+        latencies = asyncio.run(
+            api_load(server.base_url, token, users, school, opts.rate, opts.duration - 2)
+        )
+        ingest_summary = ingest.result(timeout=opts.duration + 60)
     finally:
         server.stop()
-    ingest_rate = ingest_phase.summary(1.0)["events_per_s"]
+    ingest_rate = ingest_summary["events_per_s"]
     rows = []
     lines = [
         f"{opts.events:,} events stored; API {opts.rate:g} requests/s for {opts.duration - 2:g} s "

@@ -33,7 +33,7 @@ import seed
 from bench_api import _stats, add_classes
 from bench_processing import seed_sqlite, sqlite_seed_path
 from harness import BENCH_POOL_SEED, Server, Stamper, log, now_ms
-from phases import websocket_phase
+from phases import IngestProcess
 
 from hopper.access import Scope, create_token
 from hopper.access.users import Role, UserStore
@@ -206,22 +206,17 @@ def main() -> int:
         log(f"{len(pages)} pages; idle phase, {opts.rate:g} pages/s for {opts.duration:g} s")
         idle = asyncio.run(page_load(server.base_url, cookies, pages, opts.rate, opts.duration))
 
-        async def loaded() -> tuple[Any, dict[str, dict[str, list[float]]]]:
-            ingest = asyncio.create_task(
-                websocket_phase(
-                    "ingest", server.ws_url, batches, duration=opts.duration + 2,
-                    connections=1, window=32, rate=opts.ingest_rate, token=token,
-                )
-            )  # fmt: skip
-            await asyncio.sleep(1.0)
-            result = await page_load(server.base_url, cookies, pages, opts.rate, opts.duration)
-            return await ingest, result
-
         log(f"under ingest at {opts.ingest_rate:,.0f} events/s")
-        ingest_phase, busy = asyncio.run(loaded())
+        ingest = IngestProcess(
+            server.ws_url, batches, duration=opts.duration + 2, rate=opts.ingest_rate,
+            token=token,
+        )  # fmt: skip
+        time.sleep(1.0)
+        busy = asyncio.run(page_load(server.base_url, cookies, pages, opts.rate, opts.duration))
+        ingest_summary = ingest.result(timeout=opts.duration + 60)
     finally:
         server.stop()
-    ingest_rate = ingest_phase.summary(1.0)["events_per_s"]
+    ingest_rate = ingest_summary["events_per_s"]
     lines = [
         f"{opts.events:,} events stored; {opts.rate:g} pages/s for {opts.duration:g} s, idle and "
         f"while ingest ran at {ingest_rate:,} events/s (asked {opts.ingest_rate:,.0f})",

@@ -241,3 +241,34 @@ def count_stored(kind: str, target: str, first_ms: int, last_ms: int) -> int:
             conn.close()
     with seed.pg_connect(target) as pg:
         return int(pg.execute(sql.format("%s"), (first_ms, last_ms)).fetchone()[0])
+
+
+class IngestProcess:
+    """A paced WebSocket ingest phase in its own process, so its client work does not
+    delay (and thereby inflate) the latencies another phase measures in this one."""
+
+    def __init__(
+        self, url: str, batches: Batches, *, duration: float, rate: float, token: str | None
+    ) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")  # the batches pass by fork, unpickled
+        self._results: Any = context.Queue()
+
+        def run() -> None:
+            phase = asyncio.run(
+                websocket_phase(
+                    "ingest", url, batches, duration=duration, connections=1, window=32,
+                    rate=rate, token=token,
+                )
+            )  # fmt: skip
+            self._results.put(phase.summary(1.0))
+
+        self._process = context.Process(target=run, name="bench-ingest", daemon=True)
+        self._process.start()
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """The phase's summary (``events_per_s`` ...), once it has finished."""
+        summary: dict[str, Any] = self._results.get(timeout=timeout)
+        self._process.join(10)
+        return summary
