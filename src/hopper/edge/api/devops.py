@@ -132,16 +132,22 @@ def latest_devices(
     # index scan, which neither SQLite nor PostgreSQL does by itself) costs one seek per
     # device, and each device's newest id is one more.
     step = e.alias("step")
-    anchor = sa.select(sa.func.min(e.c.device_id).label("device_id"))
+    anchor = sa.select(
+        sa.func.min(e.c.device_id).label("device_id"), sa.literal(1, sa.Integer).label("n")
+    )
     if after is not None:
         anchor = anchor.where(e.c.device_id > after)
     devices = anchor.cte("devices", recursive=True)
+    more: sa.ColumnElement[bool] = devices.c.device_id.is_not(None)
+    if schools is None:  # every device counts towards the page: stop the walk at its end
+        more = sa.and_(more, devices.c.n < limit)
     devices = devices.union_all(
         sa.select(
             sa.select(sa.func.min(step.c.device_id))
             .where(step.c.device_id > devices.c.device_id)
-            .scalar_subquery()
-        ).where(devices.c.device_id.is_not(None))
+            .scalar_subquery(),
+            devices.c.n + 1,
+        ).where(more)
     )
     newest = e.alias("newest")
     latest = (
