@@ -47,6 +47,7 @@ def test_every_message_of_the_pages_is_translated_with_the_same_placeholders() -
                     used.add(msgid)
     assert len(used) > 100  # the extraction found the templates' messages
     placeholder = re.compile(r"%\(\w+\)s")
+    catalogs = {}
     for locale in ("sl", "ar"):
         with (web / "locales" / locale / "LC_MESSAGES" / "messages.po").open("rb") as f:
             catalog = {m.id: m.string for m in read_po(f) if m.id}
@@ -54,3 +55,7 @@ def test_every_message_of_the_pages_is_translated_with_the_same_placeholders() -
         for msgid, text in catalog.items():
             assert text, f"{locale}: untranslated: {msgid!r}"
             assert set(placeholder.findall(text)) == set(placeholder.findall(msgid)), msgid
+        catalogs[locale] = catalog
+    # One language's text copied into another's catalog is not a translation.
+    copied = [k for k, v in catalogs["ar"].items() if v == catalogs["sl"].get(k) and v != k]
+    assert not copied, f"ar holds Slovenian text: {copied}"
