@@ -195,36 +195,28 @@ async def api_load(
     return latencies
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000, help="events stored")
-    parser.add_argument("--rate", type=float, default=200.0, help="API requests/s")
-    parser.add_argument("--ingest-rate", type=float, default=10_000.0, help="events/s sent")
-    parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--quick", action="store_true")
-    opts = parser.parse_args()
-    if opts.quick:
-        opts.events, opts.duration = 200_000, 5.0
-    run_dir = seed.RESULTS_DIR / f"api-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' * opts.quick}"
+def processed_store(kind: str, events: int, *, quick: bool) -> tuple[Path, Path, list[str], str]:
+    """A new run directory with a processed copy of the N-event seed and its classes.
+
+    Returns the directory, the store's path, the students' usernames and the school.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = seed.RESULTS_DIR / f"{kind}-{stamp}{'-quick' * quick}"
     run_dir.mkdir(parents=True)
-    seed_sqlite(opts.events)
+    seed_sqlite(events)
     db = run_dir / "events.db"
-    log(f"copying the {opts.events:,}-event seed")
-    shutil.copyfile(sqlite_seed_path(opts.events), db)
-    settings = load_settings(store={"sqlite_path": db})
+    log(f"copying the {events:,}-event seed")
+    shutil.copyfile(sqlite_seed_path(events), db)
     log("processing it (a full recompute)")
     started = time.perf_counter()
-    summary = run_processing(settings, FrozenClock(now_ms()))
+    summary = run_processing(load_settings(store={"sqlite_path": db}), FrozenClock(now_ms()))
     log(f"processed in {time.perf_counter() - started:.1f} s: {summary}")
     users, school = add_classes(db)
-    base = baseline(db, users, school, 300)
-    token = create_token(
-        settings.store,
-        "bench",
-        (Scope.INGEST, Scope.APPS, Scope.PORTAL, Scope.DEVOPS, Scope.METRICS),
-        None,
-        now_ms(),
-    ).token
+    return run_dir, db, users, school
+
+
+def start_server(run_dir: Path, db: Path, token: str) -> Server:
+    """``hopper serve`` on the store ``db``, its config and log in ``run_dir``."""
     port = free_port()
     config = run_dir / "hopper.toml"
     write_config(
@@ -235,7 +227,29 @@ def main() -> int:
             "log": {"level": "WARNING"},
         },
     )
-    server = Server(config, run_dir / "server.log", port, None, token)
+    return Server(config, run_dir / "server.log", port, None, token)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000, help="events stored")
+    parser.add_argument("--rate", type=float, default=200.0, help="API requests/s")
+    parser.add_argument("--ingest-rate", type=float, default=10_000.0, help="events/s sent")
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--quick", action="store_true")
+    opts = parser.parse_args()
+    if opts.quick:
+        opts.events, opts.duration = 200_000, 5.0
+    run_dir, db, users, school = processed_store("api", opts.events, quick=opts.quick)
+    base = baseline(db, users, school, 300)
+    token = create_token(
+        load_settings(store={"sqlite_path": db}).store,
+        "bench",
+        (Scope.INGEST, Scope.APPS, Scope.PORTAL, Scope.DEVOPS, Scope.METRICS),
+        None,
+        now_ms(),
+    ).token
+    server = start_server(run_dir, db, token)
     stamper = Stamper(seed.EventPool(seed=BENCH_POOL_SEED), now_ms() - 5 * 3_600_000)
     batches = stamper.batches(int(opts.ingest_rate * opts.duration / 100) + 2)
     try:

@@ -24,24 +24,20 @@ import asyncio
 import json
 import random
 import re
-import shutil
 import time
 from typing import Any
 
 import httpx
 import seed
-from bench_api import _stats, add_classes
-from bench_processing import seed_sqlite, sqlite_seed_path
-from harness import BENCH_POOL_SEED, Server, Stamper, log, now_ms
+from bench_api import _stats, processed_store, start_server
+from harness import BENCH_POOL_SEED, Stamper, log, now_ms
 from phases import IngestProcess
 
 from hopper.access import Scope, create_token
 from hopper.access.users import Role, UserStore
 from hopper.config import load_settings
 from hopper.edge.pages.screenshots import ROLE_PAGES, STUDENT
-from hopper.edge.processing import run_processing
 from hopper.store.engine import engine_for
-from hopper.testing import FrozenClock, free_port, write_config
 
 CLASS = "class-00"
 TEACHER_ID = "t-bench"
@@ -173,31 +169,11 @@ def main() -> int:
     opts = parser.parse_args()
     if opts.quick:
         opts.events, opts.duration = 200_000, 5.0
-    run_dir = seed.RESULTS_DIR / f"pages-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' * opts.quick}"
-    run_dir.mkdir(parents=True)
-    seed_sqlite(opts.events)
-    db = run_dir / "events.db"
-    log(f"copying the {opts.events:,}-event seed")
-    shutil.copyfile(sqlite_seed_path(opts.events), db)
+    run_dir, db, _, _ = processed_store("pages", opts.events, quick=opts.quick)
     settings = load_settings(store={"sqlite_path": db})
-    log("processing it (a full recompute)")
-    started = time.perf_counter()
-    run_processing(settings, FrozenClock(now_ms()))
-    log(f"processed in {time.perf_counter() - started:.1f} s")
-    add_classes(db)
     cookies = add_accounts(settings)
     token = create_token(settings.store, "bench", (Scope.INGEST,), None, now_ms()).token
-    port = free_port()
-    config = run_dir / "hopper.toml"
-    write_config(
-        config,
-        {
-            "server": {"host": "127.0.0.1", "port": port},
-            "store": {"sqlite_path": str(db)},
-            "log": {"level": "WARNING"},
-        },
-    )
-    server = Server(config, run_dir / "server.log", port, None, token)
+    server = start_server(run_dir, db, token)
     stamper = Stamper(seed.EventPool(seed=BENCH_POOL_SEED), now_ms() - 5 * 3_600_000)
     batches = stamper.batches(int(opts.ingest_rate * (opts.duration + 3) / 100) + 2)
     try:

@@ -7,6 +7,7 @@ fragments, CSV and stream, a CSV holds the table's rows, and no answer is a 5xx.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -44,8 +45,9 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> HopperSettings:
     return school_settings(tmp_path, store={"backend": "postgres", "postgres_url": url})
 
 
-@pytest.fixture
-def client(settings: HopperSettings) -> Iterator[TestClient]:
+@contextlib.contextmanager
+def _seeded_client(settings: HopperSettings) -> Iterator[TestClient]:
+    """The node's app, with the school seeded through its own ingest."""
     with TestClient(create_app(settings, run_jobs=False)) as client:
         token = create_token(settings.store, "ingest")
 
@@ -54,6 +56,12 @@ def client(settings: HopperSettings) -> Iterator[TestClient]:
             assert client.post("/v1/events", content=batch, headers=headers).status_code == 200
 
         seed_school(settings, post, token, int(time.time() * 1000))
+        yield client
+
+
+@pytest.fixture
+def client(settings: HopperSettings) -> Iterator[TestClient]:
+    with _seeded_client(settings) as client:
         yield client
 
 
@@ -145,14 +153,7 @@ def test_the_devices_page_reads_batteries_from_the_store_when_the_monitor_is_off
     settings = school_settings(
         tmp_path, pipeline={"edge": {"sinks": ["store", "protos", "lp-events"]}}
     )
-    with TestClient(create_app(settings, run_jobs=False)) as client:
-        token = create_token(settings.store, "ingest")
-
-        def post(batch: bytes, token: str) -> None:
-            headers = {"content-type": "application/x-protobuf", **bearer(token)}
-            assert client.post("/v1/events", content=batch, headers=headers).status_code == 200
-
-        seed_school(settings, post, token, int(time.time() * 1000))
+    with _seeded_client(settings) as client:
         _login(client, "it")
         page = client.get("/ui/devices")
     assert page.status_code == 200
