@@ -6,6 +6,7 @@ HOPPER_REQUIRE_SERVICES=1 (set by .ci/run), in which case it fails.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -29,6 +30,18 @@ SERVICES = {
     "nats": ("127.0.0.1", 4222),
     "mariadb": ("127.0.0.1", 3306),
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_left() -> Iterator[None]:
+    """Remove the stderr handler a CLI command installs, so no later test reads its lines."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if getattr(handler, "_hopper", False):
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def _reachable(host: str, port: int) -> bool:

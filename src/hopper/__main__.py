@@ -2,4 +2,5 @@
 
 from hopper.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (the API's) imports it again
+    main()

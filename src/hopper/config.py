@@ -39,6 +39,16 @@ class ServerSettings(BaseModel):
     max_websocket_frame_bytes: int = Field(8 * MIB, gt=0)
     # Live stream consumers at once (/v1/stream/*); one more is refused with 503.
     max_stream_subscribers: int = Field(64, gt=0)
+    # Also serve the analytics API (/v1/students, /portal, /devops, /ec) from a process of
+    # its own on this port (same host), so its requests do not wait behind ingest for the
+    # node's one interpreter. Unset: only the main port serves it.
+    api_port: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _api_port_is_its_own(self) -> ServerSettings:
+        if self.api_port is not None and self.api_port == self.port:
+            raise ValueError("server.api_port must differ from server.port")
+        return self
 
 
 class StoreSettings(BaseModel):

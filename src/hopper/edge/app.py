@@ -17,7 +17,7 @@ from hopper import __version__
 from hopper.access import AuthError, Scope
 from hopper.clock import Clock
 from hopper.config import HopperSettings
-from hopper.edge.api import create_api
+from hopper.edge.api import AnalyticsApi, create_api
 from hopper.edge.health import HEALTH_MEDIA_TYPE, health_report
 from hopper.edge.jobs import EDGE_JOBS
 from hopper.edge.node import EdgeNode
@@ -133,7 +133,7 @@ def create_app(
         Route("/docs", docs),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         # Last: everything else under /v1 is the analytics API.
-        Mount("/v1", create_api(node, engine)),
+        Mount("/v1", create_api(AnalyticsApi.of_node(node, engine))),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.node = node

@@ -407,7 +407,9 @@ class ReferenceStore:
             previous = _state(conn, t.name)
             last_changed = None if previous is None else previous.last_changed_ms
             if result.new or result.changed or result.deleted or last_changed is None:
-                last_changed = now_ms
+                # Strictly later than the last change, even within one millisecond: the
+                # kept reports (``api/reports.py``) tell new data by this moving.
+                last_changed = now_ms if last_changed is None else max(now_ms, last_changed + 1)
             _put_state(
                 conn,
                 t.name,

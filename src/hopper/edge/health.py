@@ -50,6 +50,16 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
             failure="warn",
             topic=node.settings.mqtt.topic,
         )
+    if node.api_process is not None:
+        api = node.api_process
+        checks["api_process"] = _check(
+            None
+            if api.is_running
+            else f"the analytics API process is not running ({api.last_exit})",
+            failure="warn",
+            port=api.port,
+            restarts=api.restarts,
+        )
     if node.settings.ecimport.sources:
         problem, fields = await asyncio.to_thread(ec_import_health, node.settings, now)
         checks["ec_import"] = _check(problem, failure="warn", **fields)

@@ -20,6 +20,7 @@ from hopper.pubsub import Channels, ChannelSink
 from hopper.store import EventStore, open_event_store
 
 if TYPE_CHECKING:
+    from hopper.edge.api.process import ApiProcess
     from hopper.ingest.mqtt import MqttEventSource
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class EdgeNode:
             from hopper.ingest.mqtt import MqttEventSource
 
             self.mqtt = MqttEventSource(self.intake, settings.mqtt)
+        self.api_process: ApiProcess | None = None
+        if settings.server.api_port is not None:
+            from hopper.edge.api.devops import IntakeFigures
+            from hopper.edge.api.process import ApiProcess
+
+            self.api_process = ApiProcess(settings, lambda: IntakeFigures.of(self))
         # The writer owns self.store; health checks use a connection of their own.
         self._probe_store: EventStore | None = None
         self._probe_lock = threading.Lock()
@@ -98,6 +105,8 @@ class EdgeNode:
         self.intake.start()
         if self.mqtt is not None:
             self.mqtt.start()
+        if self.api_process is not None:
+            self.api_process.start()
         logger.info(
             "Edge node started: %s -> %s -> %s; store %s, channels %s, auth %s.",
             " + ".join(self.sources),
@@ -116,6 +125,8 @@ class EdgeNode:
 
     def stop(self) -> None:
         """Stop sources first, then commit what is queued, then publish and close."""
+        if self.api_process is not None:
+            self.api_process.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
         self.intake.stop()

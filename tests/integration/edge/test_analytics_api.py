@@ -9,6 +9,7 @@ not see a student or class are refused on every endpoint.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from starlette.testclient import TestClient
 from hopper.client import make_event
 from hopper.config import HopperSettings, load_settings
 from hopper.edge import create_app
+from hopper.edge.api.reports import ReportCache
+from hopper.edge.ecimport import run_ec_import
 from hopper.edge.jobs import EDGE_JOBS
 from hopper.events import encode_batch
 from hopper.store.engine import engine_for
@@ -97,13 +100,13 @@ def _reference(settings: HopperSettings) -> None:
         engine.dispose()
 
 
-def _events(username: str, device: str) -> bytes:
+def _events(username: str, device: str, start: int = NOW - 60 * MIN) -> bytes:
     def ev(kind: str, at: int, **fields: Any) -> Any:
         return make_event(
             kind, fields, username=username, device_id=device, school_id="s1", app_time_ms=at
         )
 
-    t = NOW - 60 * MIN
+    t = start
     return encode_batch(
         [
             ev("app_session_started", t),
@@ -225,6 +228,80 @@ def test_the_portal_reports_a_school(api: tuple[TestClient, dict[str, str]]) -> 
     assert (book["book_id"], book["readers"], book["completed"]) == ("b1", 3, 3)
     (path,) = school["learning_paths"]
     assert (path["lp_id"], path["students"]) == ("lp1", 3)
+
+
+def _kept_reports(client: TestClient) -> ReportCache:
+    """The API's kept reports (the app mounted at ``/v1``)."""
+    (api,) = (r.app for r in client.app.routes if getattr(r, "path", None) == "/v1")  # type: ignore[attr-defined]
+    cache: ReportCache = api.state.api.reports
+    return cache
+
+
+def _rename_school(settings: HopperSettings, tmp_path: Path, name: str) -> None:
+    """Import ``ec_schools`` from an SQLite source that names school s1 ``name``."""
+    source = tmp_path / "econtent.db"
+    with sqlite3.connect(source) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS school (id TEXT, name TEXT)")
+        conn.execute("DELETE FROM school")
+        conn.execute("INSERT INTO school VALUES ('s1', ?)", (name,))
+    query = "SELECT id AS school_id, name, 'UTC' AS time_zone FROM school"
+    with_import = settings.model_copy(
+        update={
+            "ecimport": load_settings(
+                ecimport={
+                    "sources": [
+                        {
+                            "kind": "sql",
+                            "name": "econtent",
+                            "url": f"sqlite:///{source}",
+                            "tables": {"ec_schools": query},
+                        }
+                    ]
+                }
+            ).ecimport
+        }
+    )
+    assert run_ec_import(with_import, FrozenClock(NOW)).startswith("1 of 1 tables imported")
+
+
+def test_a_report_is_kept_until_processing_or_the_import_changes_its_data(
+    api: tuple[TestClient, dict[str, str]], settings: HopperSettings, tmp_path: Path
+) -> None:
+    client, tokens = api
+    kept = _kept_reports(client)
+    first = _get(client, tokens["portal"], "/v1/portal/schools/s1")
+    again = _get(client, tokens["portal"], "/v1/portal/schools/s1")
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert (kept.hits, kept.misses) == (1, 1)
+    # Another count of days is another report.
+    assert (
+        len(
+            _get(client, tokens["portal"], "/v1/portal/schools/s1?days=3").json()[
+                "reading_minutes_by_day"
+            ]
+        )
+        == 3
+    )
+    # The import renames the school, twice within the same millisecond of its clock.
+    for name in ("Renamed", "Renamed again"):
+        _rename_school(settings, tmp_path, name)
+        assert _get(client, tokens["portal"], "/v1/portal/schools/s1").json()["name"] == name
+    # A processing run over new events: the minutes read move.
+    before = first.json()["reading_minutes_by_day"][-1]["minutes"]
+    ingest = client.post(
+        "/v1/events",
+        content=_events("kid1", "tab1b", start=NOW - 30 * MIN),
+        headers={**PROTOBUF, **bearer(tokens["ingest"])},
+    )
+    assert ingest.json()["accepted"] == 10, ingest.json()
+    EDGE_JOBS["process"].run(settings, FrozenClock(NOW))
+    after = _get(client, tokens["portal"], "/v1/portal/schools/s1").json()
+    assert after["reading_minutes_by_day"][-1]["minutes"] > before
+    # The class report is kept the same way, and each token's reach is checked before.
+    assert _get(client, tokens["teacher"], "/v1/portal/classes/5a").status_code == 200
+    assert _get(client, tokens["teacher"], "/v1/portal/classes/5a").status_code == 200
+    assert _get(client, tokens["teacher"], "/v1/portal/classes/5b").status_code == 403
+    assert kept.hits == 2
 
 
 def test_devops_sees_devices_events_ingest_and_jobs(api: tuple[TestClient, dict[str, str]]) -> None:

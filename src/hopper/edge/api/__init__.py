@@ -10,7 +10,8 @@ store that does not answer, a 503 with ``Retry-After``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -21,23 +22,36 @@ from hopper import __version__
 from hopper.access import Authenticator
 from hopper.clock import Clock
 from hopper.edge.api import devops, ec, monitor, portal, students
+from hopper.edge.api.devops import IntakeFigures
+from hopper.edge.api.reports import ReportCache
 
 if TYPE_CHECKING:
+    from hopper.edge.monitor import MonitorBoard
     from hopper.edge.node import EdgeNode
 
 
 @dataclass
 class AnalyticsApi:
-    """What the API's handlers share: the store's engine, tokens, clock and the node."""
+    """What the API's handlers share: the store, tokens, clock, the writer's figures, reports."""
 
     engine: sa.Engine
     authenticator: Authenticator
     clock: Clock
-    node: EdgeNode
+    intake_figures: Callable[[], IntakeFigures]
+    monitor: MonitorBoard | None
+    monitor_off: str = "the live monitor is off (no 'monitor' in pipeline.edge.sinks)"
+    reports: ReportCache = field(default_factory=ReportCache)
+
+    @classmethod
+    def of_node(cls, node: EdgeNode, engine: sa.Engine) -> AnalyticsApi:
+        """The API in the node's own process: its intake and monitor at hand."""
+        return cls(
+            engine, node.authenticator, node.clock, lambda: IntakeFigures.of(node), node.monitor
+        )
 
 
-def create_api(node: EdgeNode, engine: sa.Engine) -> FastAPI:
-    """Build the analytics API over ``engine`` (the node's store)."""
+def create_api(shared: AnalyticsApi) -> FastAPI:
+    """Build the analytics API over what its handlers share (the store's engine first)."""
     api = FastAPI(
         title="Hopper analytics API",
         version=__version__,
@@ -46,7 +60,7 @@ def create_api(node: EdgeNode, engine: sa.Engine) -> FastAPI:
         openapi_url="/openapi.json",
         description=(__doc__ or "").strip(),
     )
-    api.state.api = AnalyticsApi(engine, node.authenticator, node.clock, node)
+    api.state.api = shared
     for router in (students.router, portal.router, devops.router, ec.router, monitor.router):
         api.include_router(router)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,6 +19,30 @@ from hopper.store.schema import reader_events, reader_events_errors
 
 if TYPE_CHECKING:
     from hopper.edge.node import EdgeNode
+
+
+@dataclass(frozen=True)
+class IntakeFigures:
+    """The writer's figures the ingest report shows (read in the node's process)."""
+
+    last_commit_ms: int | None
+    depth: int
+    capacity: int
+    queue_bytes: int
+    store_backend: str
+
+    @classmethod
+    def of(cls, node: EdgeNode) -> IntakeFigures:
+        """Read the figures of the node's intake now."""
+        intake = node.intake
+        return cls(
+            intake.last_commit_ms,
+            intake.depth,
+            intake.capacity,
+            intake.admission.bytes,
+            node.store.backend,
+        )
+
 
 router = APIRouter(prefix="/devops", tags=["devops"])
 
@@ -101,7 +126,7 @@ def events_per_day(
 def ingest(request: Request, caller: CallerDep) -> dict[str, Any]:
     """How far behind the writer and the processing are, and what the queue holds."""
     api = request.app.state.api
-    return ingest_status(api.node, caller.engine, api.clock.now_ms())
+    return ingest_status(api.intake_figures(), caller.engine, api.clock.now_ms())
 
 
 @router.get("/jobs", summary="The last run of each job")
@@ -202,9 +227,8 @@ def last_status_payloads(conn: sa.Connection, device_ids: Sequence[str]) -> dict
     return out
 
 
-def ingest_status(node: EdgeNode, engine: sa.Engine, now: int) -> dict[str, Any]:
+def ingest_status(intake: IntakeFigures, engine: sa.Engine, now: int) -> dict[str, Any]:
     """How far behind the writer and the processing are, and what the queue holds."""
-    intake = node.intake
     with engine.connect() as conn:
         errors = conn.execute(sa.select(sa.func.count()).select_from(reader_events_errors)).scalar()
         last_id = conn.execute(sa.select(sa.func.max(reader_events.c.id))).scalar()
@@ -219,9 +243,9 @@ def ingest_status(node: EdgeNode, engine: sa.Engine, now: int) -> dict[str, Any]
         "last_commit_age_s": None if last_commit is None else round((now - last_commit) / 1000, 3),
         "queue_depth": intake.depth,
         "queue_capacity": intake.capacity,
-        "queue_bytes": intake.admission.bytes,
+        "queue_bytes": intake.queue_bytes,
         "error_rows": int(errors or 0),
         "events_not_yet_processed": int((last_id or 0) - (run.to_event_id if run else 0)),
         "last_processing_age_s": None if run is None else round((now - run.finished_ms) / 1000, 3),
-        "store": node.store.backend,
+        "store": intake.store_backend,
     }

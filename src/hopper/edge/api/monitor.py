@@ -27,11 +27,10 @@ Cursor = Annotated[str | None, Query(max_length=19, pattern=r"^[0-9]+$")]
 
 
 def _board(request: Request) -> MonitorBoard:
-    board: MonitorBoard | None = request.app.state.api.node.monitor
+    api = request.app.state.api
+    board: MonitorBoard | None = api.monitor
     if board is None:
-        raise HTTPException(
-            status_code=404, detail="the live monitor is off (no 'monitor' in pipeline.edge.sinks)"
-        )
+        raise HTTPException(status_code=404, detail=api.monitor_off)
     return board
 
 

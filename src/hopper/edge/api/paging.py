@@ -9,12 +9,13 @@ gets ``304 Not Modified`` and no body.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from fastapi import HTTPException, Request, Response
+
+from hopper.edge.api.reports import Report
 
 MAX_LIMIT = 500
 
@@ -54,10 +55,4 @@ def page(items: list[dict[str, Any]], limit: int, key_of: Any) -> dict[str, Any]
 
 def with_etag(request: Request, body: Any) -> Response:
     """Answer ``body`` as JSON with an ETag; 304 when the client has that version."""
-    content = orjson.dumps(body)
-    tag = '"' + hashlib.blake2b(content, digest_size=12).hexdigest() + '"'
-    headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
-    wanted = request.headers.get("if-none-match", "")
-    if tag in (t.strip() for t in wanted.split(",")):
-        return Response(status_code=304, headers=headers)
-    return Response(content, media_type="application/json", headers=headers)
+    return Report.of(body).response(request)

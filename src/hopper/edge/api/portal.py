@@ -6,7 +6,7 @@ them; "today" is the day of the node's clock in that zone.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 
 from hopper.access import Scope
 from hopper.edge.api.access import Caller, audience, refuse
-from hopper.edge.api.paging import with_etag
+from hopper.edge.api.reports import Report
 from hopper.edge.processing.timezones import zone
 from hopper.store.analytics import an_learning_paths, an_student_books, an_student_days, an_students
 from hopper.store.reference import (
@@ -36,6 +36,12 @@ Days = Annotated[int, Query(ge=1, le=366, description="Days of reading minutes t
 
 def _today(clock_ms: int, time_zone: str | None) -> date:
     return datetime.fromtimestamp(clock_ms / 1000, tz=zone(time_zone or "")).date()
+
+
+def _day_end_ms(today: date, time_zone: str | None) -> int:
+    """Return when ``today`` ends in the school's zone: a report's "today" is stale then."""
+    midnight = datetime.combine(today + timedelta(days=1), time(), tzinfo=zone(time_zone or ""))
+    return int(midnight.timestamp() * 1000)
 
 
 def class_usernames(class_id: str) -> sa.Select[Any]:
@@ -151,23 +157,34 @@ def school(request: Request, caller: CallerDep, school_id: Id, days: Days = 30) 
     if not caller.may_read_school(school_id):
         raise refuse("this school")
     api = request.app.state.api
+    now_ms = api.clock.now_ms()
     with caller.engine.connect() as conn:
-        found = conn.execute(
-            sa.select(ec_schools.c.name, ec_schools.c.time_zone).where(
-                ec_schools.c.school_id == school_id
+
+        def compute() -> tuple[dict[str, Any], int]:
+            found = conn.execute(
+                sa.select(ec_schools.c.name, ec_schools.c.time_zone).where(
+                    ec_schools.c.school_id == school_id
+                )
+            ).first()
+            usernames = sa.select(an_students.c.username).where(
+                an_students.c.school_id == school_id
             )
-        ).first()
-        usernames = sa.select(an_students.c.username).where(an_students.c.school_id == school_id)
-        if found is None and conn.execute(usernames.limit(1)).first() is None:
-            raise HTTPException(status_code=404, detail="no such school, or nothing processed yet")
-        time_zone = found.time_zone if found is not None else None
-        body = {
-            "school_id": school_id,
-            "name": found.name if found is not None else None,
-            "time_zone": time_zone or "UTC",
-            **report(conn, usernames, _today(api.clock.now_ms(), time_zone), days),
-        }
-    return with_etag(request, body)
+            if found is None and conn.execute(usernames.limit(1)).first() is None:
+                raise HTTPException(
+                    status_code=404, detail="no such school, or nothing processed yet"
+                )
+            time_zone = found.time_zone if found is not None else None
+            today = _today(now_ms, time_zone)
+            body = {
+                "school_id": school_id,
+                "name": found.name if found is not None else None,
+                "time_zone": time_zone or "UTC",
+                **report(conn, usernames, today, days),
+            }
+            return body, _day_end_ms(today, time_zone)
+
+        kept: Report = api.reports.report(conn, ("school", school_id, days), now_ms, compute)
+    return kept.response(request)
 
 
 @router.get("/classes/{class_id}", summary="A class's activity and reading")
@@ -176,25 +193,33 @@ def klass(request: Request, caller: CallerDep, class_id: Id, days: Days = 30) ->
     if not caller.may_read_class(class_id):
         raise refuse("this class")
     api = request.app.state.api
+    now_ms = api.clock.now_ms()
     with caller.engine.connect() as conn:
-        found = conn.execute(
-            sa.select(ec_classes.c.name, ec_classes.c.school_id, ec_schools.c.time_zone)
-            .select_from(
-                ec_classes.outerjoin(ec_schools, ec_schools.c.school_id == ec_classes.c.school_id)
-            )
-            .where(ec_classes.c.class_id == class_id)
-        ).first()
-        if found is None:
-            raise HTTPException(status_code=404, detail="no such class")
-        usernames = class_usernames(class_id)
-        body = {
-            "class_id": class_id,
-            "name": found.name,
-            "school_id": found.school_id,
-            "time_zone": found.time_zone or "UTC",
-            **report(conn, usernames, _today(api.clock.now_ms(), found.time_zone), days),
-        }
-    return with_etag(request, body)
+
+        def compute() -> tuple[dict[str, Any], int]:
+            found = conn.execute(
+                sa.select(ec_classes.c.name, ec_classes.c.school_id, ec_schools.c.time_zone)
+                .select_from(
+                    ec_classes.outerjoin(
+                        ec_schools, ec_schools.c.school_id == ec_classes.c.school_id
+                    )
+                )
+                .where(ec_classes.c.class_id == class_id)
+            ).first()
+            if found is None:
+                raise HTTPException(status_code=404, detail="no such class")
+            today = _today(now_ms, found.time_zone)
+            body = {
+                "class_id": class_id,
+                "name": found.name,
+                "school_id": found.school_id,
+                "time_zone": found.time_zone or "UTC",
+                **report(conn, class_usernames(class_id), today, days),
+            }
+            return body, _day_end_ms(today, found.time_zone)
+
+        kept: Report = api.reports.report(conn, ("class", class_id, days), now_ms, compute)
+    return kept.response(request)
 
 
 def utc_day(ms: int) -> str:

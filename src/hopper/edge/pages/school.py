@@ -22,7 +22,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from hopper.config import ProcessingSettings
-from hopper.edge.api.devops import ingest_status, last_status_payloads, latest_devices
+from hopper.edge.api.devops import (
+    IntakeFigures,
+    ingest_status,
+    last_status_payloads,
+    latest_devices,
+)
 from hopper.edge.health import health_report
 from hopper.edge.pages.classes import members, school_day, week_figures
 from hopper.edge.pages.i18n import N_
@@ -175,7 +180,7 @@ async def server_page(request: Request) -> Response:
     status, health = await health_report(node)
 
     def read() -> dict[str, Any]:
-        ingest = ingest_status(node, site.engine, site.clock.now_ms())
+        ingest = ingest_status(IntakeFigures.of(node), site.engine, site.clock.now_ms())
         with site.engine.connect() as conn:
             last_id = int(conn.execute(sa.select(sa.func.max(reader_events.c.id))).scalar() or 0)
             stored = conn.execute(sa.select(sa.func.count()).select_from(an_runs)).scalar()
