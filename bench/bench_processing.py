@@ -332,7 +332,11 @@ class _RunLog(logging.Handler):
         self.split: tuple[float, float] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("Processing run") and isinstance(record.args, tuple):
+        if (
+            record.levelno == logging.INFO
+            and record.getMessage().startswith("Processing run")
+            and isinstance(record.args, tuple)
+        ):
             self.split = (float(record.args[-2]), float(record.args[-1]))  # type: ignore[arg-type]
 
 

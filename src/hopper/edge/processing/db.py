@@ -54,6 +54,9 @@ class ProcessingDb:
                 # session only (temp_buffers must be set before its first temporary table).
                 conn.execute("SET work_mem = '256MB'")
                 conn.execute("SET temp_buffers = '256MB'")
+                # Compiling each large statement cost ~0.3 s (a tenth of an incremental
+                # run's statements) and won nothing measurable over 10M rows.
+                conn.execute("SET jit = off")
             except psycopg.Error as exc:
                 raise BackendUnavailable(f"Cannot connect to PostgreSQL: {exc}") from exc
             return cls(conn, "postgres", (psycopg.OperationalError, psycopg.InterfaceError))
@@ -154,6 +157,24 @@ class ProcessingDb:
         """(Re)create an empty temporary table with the given column definitions."""
         self.execute(f"DROP TABLE IF EXISTS {name}")
         self.execute(f"CREATE TEMP TABLE {name} ({columns})")
+
+    @contextlib.contextmanager
+    def index_lookups(self) -> Iterator[None]:
+        """Within the block, PostgreSQL reads tables through their indexes when it can.
+
+        For a join whose row count its planner cannot guess (a few hundred (student, day)
+        windows over the events, each found by a range of an index): it guessed 6 rows,
+        read the 10M events whole and took 4.5 s; through the index, 1.5 s. SQLite's
+        planner already takes the index.
+        """
+        if self.dialect != "postgres":
+            yield
+            return
+        self.execute("SET enable_seqscan = off")
+        try:
+            yield
+        finally:
+            self.execute("RESET enable_seqscan")
 
     def analyze(self, name: str) -> None:
         """Refresh the planner's statistics of a table filled after it was created."""
