@@ -52,10 +52,9 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
         )
     if node.api_process is not None:
         api = node.api_process
+        problem = await api.problem()
         checks["api_process"] = _check(
-            None
-            if api.is_running
-            else f"the analytics API process is not running ({api.last_exit})",
+            None if problem is None else f"the analytics API process is not serving: {problem}",
             failure="warn",
             port=api.port,
             restarts=api.restarts,

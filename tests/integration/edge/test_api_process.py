@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,3 +171,30 @@ def _alive(pid: int) -> bool:
     # A zombie (exited, not yet reaped by its parent) counts as gone.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_taken_api_port_warns_and_the_node_goes_on(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()  # accepts, never answers
+    try:
+        port = taken.getsockname()[1]
+        settings = load_settings(
+            store={"sqlite_path": tmp_path / "e.db"}, server={"api_port": port}
+        )
+        with TestClient(create_app(settings, clock=FrozenClock(NOW), run_jobs=False)) as client:
+            check = _until(
+                lambda: (
+                    (c := client.get("/health").json()["checks"]["api_process"])["status"] == "warn"
+                    and c.get("restarts", 0) >= 1
+                    and c
+                )
+            )
+            assert f"does not answer on port {port}" in check["output"]
+            ingest = create_token(settings.store, "ingest")
+            sent = client.post(
+                "/v1/events", content=_events(2), headers={**PROTOBUF, **bearer(ingest)}
+            )
+            assert sent.json()["accepted"] == 2  # the node itself is not harmed
+    finally:
+        taken.close()

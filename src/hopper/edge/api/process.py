@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
+import httpx
 from pydantic import SecretStr
 
 from hopper.config import HopperSettings
@@ -93,6 +94,24 @@ class ApiProcess:
     def is_running(self) -> bool:
         """Tell whether the API process is alive now."""
         return self._process is not None and self._process.poll() is None
+
+    async def problem(self) -> str | None:
+        """Return None if the API process answers its ``/health`` now, else what is wrong."""
+        host = self._settings.server.host
+        # Listening on every address: ask it on the loopback one.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/health"
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                answer = await client.get(url)
+            if answer.status_code == 200 and answer.json().get("role") == "analytics-api":
+                return None
+            problem = f"its port answers {answer.status_code}, not as the API process"
+        except (httpx.HTTPError, ValueError) as exc:
+            problem = f"it does not answer on port {self.port} ({type(exc).__name__})"
+        if not self.is_running and self.last_exit is not None:
+            problem += f"; it {self.last_exit}"
+        return problem
 
     def start(self) -> None:
         """Start the process and the thread that watches it."""
@@ -214,7 +233,17 @@ def main() -> None:
     config.port = settings.server.api_port
     server = uvicorn.Server(config)
     threading.Thread(target=figures.follow, args=(stdin,), name="hopper-node", daemon=True).start()
-    server.run()
+    code = 0
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn's way out when it cannot bind the port
+        code = exc.code if isinstance(exc.code, int) else 1
+    if not server.started:
+        code = code or 1
+    logging.shutdown()
+    sys.stderr.flush()
+    # Not a normal interpreter exit: the thread reading the pipe holds stdin's lock.
+    os._exit(code)
 
 
 def create_api_app(settings: HopperSettings, figures: NodeFigures) -> Any:
