@@ -24,6 +24,7 @@ import sqlite3
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import seed
@@ -307,7 +308,7 @@ def main() -> int:
         f"{opts.events:,} events stored; API {opts.rate:g} requests/s "
         f"for {opts.duration - 2:g} s a phase"
     ]
-    report: dict[str, object] = {}
+    report: dict[str, dict[str, Any]] = {}
     for phase, (latencies, ingest_rate) in results.items():
         where = "the node's main port" if phase == "main" else "the API process (server.api_port)"
         lines += [
@@ -336,7 +337,7 @@ def main() -> int:
         lines.append(f"goal p99 < 50 ms: {'met' if overall['p99'] < 50 else 'missed'}")
         report[phase] = {"endpoints": rows, "all": overall, "ingest_events_per_s": ingest_rate}
     if len(results) == 2:
-        ratio = report["api"]["all"]["p99"] / max(report["main"]["all"]["p99"], 0.01)  # type: ignore[index]
+        ratio = report["api"]["all"]["p99"] / max(report["main"]["all"]["p99"], 0.01)
         lines += ["", f"p99 of the API process / p99 of the main port: {ratio:.2f}"]
     text = "\n".join(lines)
     print(text)

@@ -2,8 +2,8 @@
 
 In the node's process, API requests share one interpreter with ingest: at 10,000 events/s
 a request that costs 3 ms waits behind decoding and commits, and the 99th percentile
-reaches ~110 ms. A second process has its own interpreter, and the kernel shares the
-cores between the two far more finely than threads share one interpreter (p99 ~35 ms in
+reaches 85-118 ms. A second process has its own interpreter, and the kernel shares the
+cores between the two far more finely than threads share one interpreter (p99 34-42 ms in
 ``bench/bench_api.py``). It reads the same store (SQLite in WAL mode lets readers run
 beside the writer; PostgreSQL is a server) and checks tokens against the same table.
 
@@ -84,11 +84,6 @@ class ApiProcess:
         """The port the API process serves."""
         assert self._settings.server.api_port is not None
         return self._settings.server.api_port
-
-    @property
-    def pid(self) -> int | None:
-        """The API process's id while it runs."""
-        return self._process.pid if self.is_running and self._process else None
 
     @property
     def is_running(self) -> bool:
