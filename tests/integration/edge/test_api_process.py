@@ -198,3 +198,31 @@ def test_a_taken_api_port_warns_and_the_node_goes_on(tmp_path: Path) -> None:
             assert sent.json()["accepted"] == 2  # the node itself is not harmed
     finally:
         taken.close()
+
+
+def test_the_api_port_bounds_connections_and_slow_headers(tmp_path: Path) -> None:
+    api_port = free_port()
+    settings = load_settings(
+        store={"sqlite_path": tmp_path / "e.db"},
+        server={"api_port": api_port, "max_connections": 2, "header_timeout_secs": 1.0},
+    )
+    with TestClient(create_app(settings, clock=FrozenClock(NOW), run_jobs=False)):
+        api = f"http://127.0.0.1:{api_port}"
+        _until(lambda: httpx.get(f"{api}/health").status_code == 200)
+        slow = [socket.create_connection(("127.0.0.1", api_port)) for _ in range(2)]
+        try:
+            for s in slow:
+                s.sendall(b"GET /v1/students/kid1 HTTP/1.1\r\n")  # and never the rest
+            time.sleep(0.2)
+            # A third connection is refused at once: the slow ones hold the two places.
+            refused = httpx.get(f"{api}/health")
+            assert refused.status_code == 503
+            # The slow ones are closed when their headers do not come in time.
+            for s in slow:
+                s.settimeout(5)  # a server that kept it open would make recv time out
+                while s.recv(1024):
+                    pass
+            assert _until(lambda: httpx.get(f"{api}/health").status_code == 200, timeout=5)
+        finally:
+            for s in slow:
+                s.close()
