@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -282,3 +283,51 @@ def same_snapshots(a: dict[str, list[Any]], b: dict[str, list[Any]]) -> list[str
                 if not same_value(value, other):
                     problems.append(f"{table} {row_a}: {column} {value!r} against {other!r}")
     return problems
+
+
+def random_case(seed: int, *, students: int = 3, days: int = 4, events: int = 160) -> Case:
+    """A case of random reading over a few days, arriving late and out of order.
+
+    Books of 5 pages, of none and of unknown length; pages 0 to 7 (outside the book too),
+    views from 1 s to 4 min apart (clipped and gap-split), session starts and ends; each
+    event arrives on its own day's arrival, or one in seven on a later one (tablets offline).
+    The expected tables are not written: incremental runs must equal one run.
+    """
+    rng = random.Random(seed)
+    start = epoch_ms("2026-03-02T08:00:00Z")
+    books = ["book-a", "book-b", "book-c"]  # 5 pages, 0 pages, not in ec_books
+    out: list[tuple[int, dict[str, Any]]] = []
+    clock = {(s, d): start + d * 86_400_000 for s in range(students) for d in range(days)}
+    for _ in range(events):
+        student, day = rng.randrange(students), rng.randrange(days)
+        clock[student, day] += rng.choice((1_000, 6_000, 30_000, 90_000, 150_000, 240_000))
+        kind = rng.choices(("page_viewed", "app_session_started", "app_session_ended"), (8, 1, 1))
+        obj: dict[str, Any] = {
+            "type": kind[0],
+            "username": f"s{student}",
+            "app_time_ms": clock[student, day],
+            "device_id": f"tab-{student}",
+            "school_id": "sch-utc",
+            "payload": {},
+        }
+        if kind[0] == "page_viewed":
+            obj["payload"] = {
+                "book_id": rng.choice(books),
+                "page": rng.randrange(8),
+                "duration_ms": rng.choice((2_000, 20_000, 200_000)),
+            }
+        late = rng.random() < 0.15
+        out.append((rng.randint(day + 1, days) if late else day + 1, obj))
+    return Case(
+        f"random-{seed}",
+        {},
+        [start + d * 86_400_000 + 12 * 3_600_000 for d in range(days)],
+        {
+            "ec_schools": [{"school_id": "sch-utc", "name": "UTC school", "time_zone": "UTC"}],
+            "ec_books": [
+                {"book_id": "book-a", "title": "A", "page_count": 5},
+                {"book_id": "book-b", "title": "B", "page_count": 0},
+            ],
+        },
+        out,
+    )

@@ -14,6 +14,7 @@ from support.processing_cases import (
     CASES,
     load_case,
     mismatches,
+    random_case,
     read_table,
     run_case,
     same_snapshots,
@@ -60,6 +61,18 @@ def test_incremental_runs_on_postgres_equal_one_run(
     postgres_url: str, tmp_path: Path, name: str
 ) -> None:
     case = load_case(name)
+    postgres = _postgres(postgres_url)
+    once = StoreSettings(backend="sqlite", sqlite_path=tmp_path / "once.db")
+    run_case(case, postgres)
+    run_case(case, once, at_once=True)
+    assert same_snapshots(snapshot(postgres), snapshot(once)) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_late_arrivals_on_postgres_equal_one_run(
+    postgres_url: str, tmp_path: Path, seed: int
+) -> None:
+    case = random_case(seed)
     postgres = _postgres(postgres_url)
     once = StoreSettings(backend="sqlite", sqlite_path=tmp_path / "once.db")
     run_case(case, postgres)

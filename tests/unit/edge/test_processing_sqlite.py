@@ -19,6 +19,7 @@ from support.processing_cases import (
     insert_reference,
     load_case,
     mismatches,
+    random_case,
     read_table,
     run_case,
     same_snapshots,
@@ -58,6 +59,18 @@ def test_incremental_runs_equal_one_run_over_everything(tmp_path: Path, name: st
     incremental, at_once = _store(tmp_path, "incremental.db"), _store(tmp_path, "once.db")
     run_case(case, incremental)
     run_case(case, at_once, at_once=True)
+    assert same_snapshots(snapshot(incremental), snapshot(at_once)) == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_late_arrivals_equal_one_run_over_everything(tmp_path: Path, seed: int) -> None:
+    case = random_case(seed)
+    incremental, at_once = _store(tmp_path, "incremental.db"), _store(tmp_path, "once.db")
+    outcome = run_case(case, incremental)
+    assert all("incremental" in s for s in outcome.summaries[1:]), outcome.summaries
+    run_case(case, at_once, at_once=True)
+    books = read_table(incremental, "an_student_books")
+    assert any(row["completion"] for row in books), "no book read at all"
     assert same_snapshots(snapshot(incremental), snapshot(at_once)) == []
 
 
