@@ -3,9 +3,11 @@
 Everything here is set-based SQL over temporary tables, one text for SQLite and PostgreSQL:
 
     tmp_ev        the events of every recomputed (student, local day), cam_status left out,
-                  numbered ``rn`` 1, 2... in (username, day, app_time_ms, id) order: an
-                  event's next one in its day is row ``rn + 1`` if that has the same
-                  student and day
+                  numbered ``rn`` 1, 2... in (username, day, app_time_ms, id) order within
+                  each day: an event's next one in its day is row ``rn + 1`` if that has
+                  the same student and day. A day no earlier run saw takes its events from
+                  the new rows (one range of the primary key); the others, through the
+                  (username, app_time_ms) index
     tmp_timed     the same rows with what the next one tells (session end, counted page
                   time, end reason) and the session key (the running count of session
                   ends, one window function in ``rn`` order), in one statement: the
@@ -56,35 +58,53 @@ _IN_ORDER = "ORDER BY x.username, x.day_no, x.app_time_ms, x.id"
 
 # Incremental: the new rows (a range of the primary key), then the (student, day) groups
 # they touch. Two steps, so that no planner can prefer walking the username index instead.
-_NEW_ROWS = """
-SELECT e.id, e.username, e.app_time_ms, e.school_id
-FROM reader_events e
+_NEW_ROWS = f"""
+SELECT {_EVENT_VALUES}
+FROM reader_events e {ZONE_JOIN}
 WHERE e.id > :from_id AND e.id <= :to_id AND e.event_type <> 'cam_status'
-"""
-
-_SCOPE_DAYS = f"""
-SELECT DISTINCT e.username, {LOCAL_DAY} AS day_no
-FROM tmp_new e {ZONE_JOIN}
 """  # noqa: S608 - fixed text
 
+_SCOPE_DAYS = "SELECT DISTINCT e.username, e.day_no FROM tmp_new e"
+
+# ``stored``: an earlier run processed events of that day (each gave it an an_student_days
+# row); a day without is new, and the new rows are all its events.
+# ``day_key``: the group's number, a sort key cheaper than (username, day_no) (PostgreSQL
+# sorted 420k new rows by a text column in 0.8 s; by numbers, ~0.15 s).
 _SCOPE_WINDOWS = """
 SELECT d.username, d.day_no, c.day,
-       d.day_no * 86400000 - 50400000 AS lo_ms, (d.day_no + 1) * 86400000 + 50400000 AS hi_ms
+       ROW_NUMBER() OVER (ORDER BY d.username, d.day_no) AS day_key,
+       d.day_no * 86400000 - 50400000 AS lo_ms, (d.day_no + 1) * 86400000 + 50400000 AS hi_ms,
+       CASE WHEN EXISTS (SELECT 1 FROM an_student_days s
+                         WHERE s.username = d.username AND s.day = c.day)
+            THEN 1 ELSE 0 END AS stored
 FROM tmp_scope0 d JOIN tmp_calendar c ON c.day_no = d.day_no
 """
 
-# Every event of those groups: the index (username, app_time_ms) finds the student's events
-# in the UTC span that holds the local day (widened by 14 h), the zone join keeps the day's.
-_EVENTS_OF_SCOPE = f"""
+_X_COLUMNS = ", ".join(f"x.{name}" for name in EVENT_COLUMNS.split(", "))
+_NEW_COLUMNS = ", ".join(f"n.{name}" for name in EVENT_COLUMNS.split(", "))
+_EVENTS_OF_NEW_DAYS = f"""
 INSERT INTO tmp_ev ({EVENT_COLUMNS})
-SELECT x.* FROM (
-  SELECT {_EVENT_VALUES}
+SELECT {_NEW_COLUMNS}
+FROM tmp_new n
+JOIN tmp_scope_days d ON d.username = n.username AND d.day_no = n.day_no AND d.stored = 0
+ORDER BY d.day_key, n.app_time_ms, n.id
+"""  # noqa: S608 - fixed text
+
+# Every event of the other days: the index (username, app_time_ms) finds the student's
+# events in the UTC span that holds the local day (widened by 14 h), the zone join keeps
+# the day's. (Each day's rows stay together in ``rn`` order, which is all ``tmp_timed``
+# needs of two inserts.)
+_EVENTS_OF_STORED_DAYS = f"""
+INSERT INTO tmp_ev ({EVENT_COLUMNS})
+SELECT {_X_COLUMNS} FROM (
+  SELECT {_EVENT_VALUES}, d.day_key
   FROM tmp_scope_days d
   JOIN reader_events e ON e.username = d.username
                       AND e.app_time_ms >= d.lo_ms AND e.app_time_ms < d.hi_ms
   {ZONE_JOIN}
-  WHERE e.id <= :to_id AND e.event_type <> 'cam_status' AND {LOCAL_DAY} = d.day_no
-) x {_IN_ORDER}
+  WHERE d.stored = 1 AND e.id <= :to_id AND e.event_type <> 'cam_status'
+    AND {LOCAL_DAY} = d.day_no
+) x ORDER BY x.day_key, x.app_time_ms, x.id
 """  # noqa: S608 - fixed text
 
 _ALL_EVENTS = f"""
@@ -195,10 +215,11 @@ def select_scope(db: ProcessingDb, params: Params, *, full: bool) -> None:
         db.execute(_ALL_EVENTS, params)
     else:
         db.create_temp("tmp_new", _NEW_ROWS, params)
-        db.create_temp("tmp_scope0", _SCOPE_DAYS, params)
+        db.create_temp("tmp_scope0", _SCOPE_DAYS)
         db.create_temp("tmp_scope_days", _SCOPE_WINDOWS, joined=True)
+        db.execute(_EVENTS_OF_NEW_DAYS)
         with db.index_lookups():
-            db.execute(_EVENTS_OF_SCOPE, params)
+            db.execute(_EVENTS_OF_STORED_DAYS, params)
     db.analyze("tmp_ev")
 
 
