@@ -334,15 +334,18 @@ class EcImportSettings(BaseModel):
 class ProcessingSettings(BaseModel):
     """The incremental analytics (``hopper job process``): derived tables from the events.
 
-    Every field but ``interval_secs`` shapes the results: each run stores them in
-    ``an_runs.settings``, and a run whose settings differ from the last one's recomputes
-    everything. Definitions: docs/analytics.md.
+    Every field but ``interval_secs`` and ``writers_wait_secs`` shapes the results: each
+    run stores them in ``an_runs.settings``, and a run whose settings differ from the last
+    one's recomputes everything. Definitions: docs/analytics.md.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     # How often ``hopper serve`` runs it (first run at start-up).
     interval_secs: int = Field(900, gt=0)
+    # On PostgreSQL, a run waits at most this long for open writes into reader_events to
+    # commit (so that none is skipped by the watermark); then it fails and the next retries.
+    writers_wait_secs: float = Field(30, gt=0)
     # A gap between two events of a student longer than this starts a new session.
     session_gap_secs: int = Field(300, gt=0)
     # A page shown for less than this is not read (time 0); longer counts up to page_max_secs.

@@ -136,13 +136,18 @@ def insert_reference(store: StoreSettings, reference: dict[str, list[dict[str, A
         conn.close()
 
 
-def commit_events(store_settings: StoreSettings, objs: list[dict[str, Any]], now_ms: int) -> int:
-    """Commit events through the event store as ingest does; return how many were new."""
+def pending_write(objs: list[dict[str, Any]], now_ms: int) -> PendingWrite:
+    """The events of JSON objects, decoded as ingest decodes them, received at ``now_ms``."""
     events, rejections = decode_batch(encode_batch([event_from_json(o) for o in objs]))
     assert not rejections
+    return PendingWrite("http", now_ms, events)
+
+
+def commit_events(store_settings: StoreSettings, objs: list[dict[str, Any]], now_ms: int) -> int:
+    """Commit events through the event store as ingest does; return how many were new."""
     store = open_event_store(store_settings)
     try:
-        stored = store.commit([PendingWrite("http", now_ms, events)])
+        stored = store.commit([pending_write(objs, now_ms)])
     finally:
         store.close()
     return len(stored[0])
@@ -161,6 +166,16 @@ class Outcome:
     stored: list[int]  # events new per arrival
 
 
+def prepare_store(case: Case, store: StoreSettings) -> None:
+    """Migrate the store and insert the case's reference rows."""
+    migrating = open_event_store(store)
+    try:
+        migrating.migrate()
+    finally:
+        migrating.close()
+    insert_reference(store, case.reference)
+
+
 def run_case(case: Case, store: StoreSettings, *, at_once: bool = False) -> Outcome:
     """Migrate, insert the reference rows, then commit each arrival and run the job.
 
@@ -168,12 +183,7 @@ def run_case(case: Case, store: StoreSettings, *, at_once: bool = False) -> Outc
     that incremental runs must equal.
     """
     settings = settings_for(case, store)
-    migrating = open_event_store(store)
-    try:
-        migrating.migrate()
-    finally:
-        migrating.close()
-    insert_reference(store, case.reference)
+    prepare_store(case, store)
     outcome = Outcome([], [])
     arrivals = [case.arrivals[-1]] if at_once else case.arrivals
     for number, now_ms in enumerate(arrivals, start=1):

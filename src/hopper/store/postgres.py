@@ -41,6 +41,10 @@ _INSERT_RAW = (
     "SELECT * FROM unnest(%b::bigint[], %b::bytea[], %b::bigint[], %b::bytea[]) "
     "ON CONFLICT DO NOTHING RETURNING app_time_ms, hash"
 )
+# Held shared by every write into reader_events, from before it draws ids to its commit,
+# and taken exclusive by processing to read a watermark with no open id below it
+# (hopper.edge.processing.db.ProcessingDb.settled_max_id); an arbitrary constant.
+EVENT_WRITERS_LOCK = 0x686F707077
 _COPY_READER = f"COPY reader_events ({', '.join(READER_EVENT_COLUMNS)}) FROM STDIN"
 _COPY_ERRORS = f"COPY reader_events_errors ({', '.join(ERROR_COLUMNS)}) FROM STDIN"
 
@@ -188,6 +192,8 @@ class PostgresEventStore:
         rows = rows_after_raw_insert(
             writes, inserted, reader_row=_reader_row, rejection_row=_error_row
         )
+        if rows.reader:
+            cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (EVENT_WRITERS_LOCK,))
         for sql, table_rows in ((_COPY_READER, rows.reader), (_COPY_ERRORS, rows.errors)):
             if table_rows:
                 with cur.copy(sql) as copy:

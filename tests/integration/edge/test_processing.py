@@ -7,13 +7,17 @@ everything, and nothing new when run again.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from support.processing_cases import (
     CASES,
+    commit_events,
     load_case,
     mismatches,
+    pending_write,
+    prepare_store,
     random_case,
     read_table,
     run_case,
@@ -22,8 +26,10 @@ from support.processing_cases import (
     snapshot,
 )
 
-from hopper.config import StoreSettings
+from hopper.config import StoreSettings, load_settings
 from hopper.edge.processing import run_processing
+from hopper.errors import BackendUnavailable
+from hopper.store.postgres import PostgresEventStore
 from hopper.testing import FrozenClock
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -89,3 +95,94 @@ def test_running_again_on_postgres_changes_nothing(postgres_url: str) -> None:
     assert summary.startswith("nothing new")
     assert snapshot(store, with_run_id=True) == before
     assert len(read_table(store, "an_runs")) == 2
+
+
+class _OpenWrite:
+    """A writer whose transaction draws its ids, then stays open until released.
+
+    What a second writer (another worker) looks like to processing: its rows have lower
+    ids than rows committed after them, but are not visible yet.
+    """
+
+    def __init__(self, url: str, objs: list[dict], now_ms: int) -> None:
+        self._store = PostgresEventStore(url)
+        self._write = pending_write(objs, now_ms)
+        self.drawn = threading.Event()
+        self.release = threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+        self._thread.start()
+        assert self.drawn.wait(10)
+
+    def _hold(self) -> None:
+        conn = self._store._connection()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                self._store._write(cur, [self._write])
+                self.drawn.set()
+                self.release.wait(60)
+        finally:
+            self._store.close()
+
+    def commit(self) -> None:
+        self.release.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+
+def _one_run(case, tmp_path: Path) -> dict:
+    once = StoreSettings(backend="sqlite", sqlite_path=tmp_path / "once.db")
+    run_case(case, once, at_once=True)
+    return snapshot(once)
+
+
+def test_a_write_still_open_when_a_run_starts_is_waited_for_not_skipped(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    case = load_case("late_events")
+    store = _postgres(postgres_url)
+    prepare_store(case, store)
+    now_ms = case.arrivals[-1]
+    objs = [obj for _, obj in case.events]
+    held = _OpenWrite(postgres_url, objs[::2], now_ms)  # draws the lower ids, stays open
+    try:
+        assert commit_events(store, objs[1::2], now_ms) > 0  # higher ids, committed first
+        summaries: list[str] = []
+        run = threading.Thread(
+            target=lambda: summaries.append(
+                run_processing(settings_for(case, store), FrozenClock(now_ms))
+            )
+        )
+        run.start()
+        run.join(1.0)
+        assert run.is_alive(), "the run read its watermark past a write still open"
+    finally:
+        held.commit()
+    run.join(60)
+    assert summaries and "first run" in summaries[0], summaries
+    assert same_snapshots(snapshot(store), _one_run(case, tmp_path)) == []
+    # The watermark covers every row, so the next run has nothing to do.
+    again = run_processing(settings_for(case, store), FrozenClock(now_ms))
+    assert again.startswith("nothing new"), again
+
+
+def test_a_write_open_past_the_wait_fails_the_run_and_the_next_run_takes_it(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    case = load_case("late_events")
+    store = _postgres(postgres_url)
+    prepare_store(case, store)
+    now_ms = case.arrivals[-1]
+    objs = [obj for _, obj in case.events]
+    settings = load_settings(
+        store=store.model_dump(), processing={**case.settings, "writers_wait_secs": 0.5}
+    )
+    held = _OpenWrite(postgres_url, objs[::2], now_ms)
+    try:
+        commit_events(store, objs[1::2], now_ms)
+        with pytest.raises(BackendUnavailable, match="stayed open for over 0.5 s"):
+            run_processing(settings, FrozenClock(now_ms))
+        assert read_table(store, "an_runs") == []  # nothing recorded by the failed run
+    finally:
+        held.commit()
+    assert "first run" in run_processing(settings, FrozenClock(now_ms))
+    assert same_snapshots(snapshot(store), _one_run(case, tmp_path)) == []

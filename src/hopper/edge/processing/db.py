@@ -11,6 +11,7 @@ import contextlib
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -180,6 +181,47 @@ class ProcessingDb:
         finally:
             for name in settings:
                 self.execute(f"RESET {name}")
+
+    def settled_max_id(self, wait_secs: float) -> int:
+        """The highest ``reader_events`` id such that no lower id can still be committed.
+
+        On SQLite one writer at a time draws ids and commits, so that is ``MAX(id)``. On
+        PostgreSQL ids are drawn at insert, not at commit: with two writers (two workers,
+        or a node and a worker), id 101 can commit while 100 is still in flight, and a
+        watermark at 101 would skip 100 for good. Every write into the table holds the
+        shared side of ``EVENT_WRITERS_LOCK`` from before it draws ids to its commit; the
+        exclusive side waits for them all, so the maximum read under it has no open id
+        below it. It is tried for at most 0.2 s at a time, then let go for as long, so
+        that ingest (queued behind the request) is never held longer; after ``wait_secs``
+        the run fails, to be retried. (Not ``LOCK TABLE``: it would wait out a vacuum too.)
+        """
+        if self.dialect != "postgres":
+            return int(self.query("SELECT COALESCE(MAX(id), 0) FROM reader_events")[0][0])
+        import psycopg.errors
+
+        from hopper.store.postgres import EVENT_WRITERS_LOCK
+
+        deadline = time.monotonic() + wait_secs
+        while True:
+            try:
+                with self._conn.transaction():
+                    self._conn.execute("SET LOCAL lock_timeout = '200ms'")
+                    self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENT_WRITERS_LOCK,))
+                    row = self._conn.execute(
+                        "SELECT COALESCE(MAX(id), 0) FROM reader_events"
+                    ).fetchone()
+                    return int(row[0])
+            except psycopg.errors.LockNotAvailable:
+                if time.monotonic() >= deadline:
+                    raise BackendUnavailable(
+                        f"A write into reader_events has stayed open for over {wait_secs:g} s"
+                        " (processing waits until every open write has committed, so that"
+                        " none is skipped); the next run tries again",
+                        retry_after_secs=wait_secs,
+                    ) from None
+                time.sleep(0.2)
+            except self._errors as exc:
+                raise BackendUnavailable(f"Cannot read the events' last id: {exc}") from exc
 
     def analyze(self, name: str) -> None:
         """Refresh the planner's statistics of a table filled after it was created."""

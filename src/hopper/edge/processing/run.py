@@ -40,7 +40,7 @@ from hopper.store import open_event_store
 
 logger = logging.getLogger(__name__)
 
-RESULT_SETTINGS_EXCLUDE = {"interval_secs"}  # the schedule does not change results
+RESULT_SETTINGS_EXCLUDE = {"interval_secs", "writers_wait_secs"}  # these do not shape results
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class Processor:
         now_ms = self._clock.now_ms()
         settings = self._settings.model_dump(mode="json", exclude=RESULT_SETTINGS_EXCLUDE)
         last = self._last_run()
-        to_id = int(db.query("SELECT COALESCE(MAX(id), 0) FROM reader_events")[0][0])
+        to_id = db.settled_max_id(self._settings.writers_wait_secs)
         todays = self._todays(now_ms)
         reference = self._reference(todays)
         full, reason = True, "first run"
