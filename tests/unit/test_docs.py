@@ -26,7 +26,13 @@ HEALTH_FIELDS = (
     "store_ok",
     "pubsub_ok",
     "mqtt_ok",
+    "disk_ok",
+    "api_process_ok",
+    "ec_import_ok",
     "queue_depth",
+    "queue_bytes",
+    "disk_free_bytes",
+    "connections_open",
     "last_commit_age_s",
 )
 
@@ -131,6 +137,9 @@ def test_every_health_field_is_documented(settings: HopperSettings) -> None:
     with TestClient(create_app(settings, clock=FrozenClock(), run_jobs=False)) as client:
         body = client.get("/health").json()
     assert set(HEALTH_FIELDS) <= set(body), "the Zabbix template reads fields /health lacks"
+    # Parts the node does not run answer null (Zabbix discards it), not a failure.
+    assert (body["mqtt_ok"], body["api_process_ok"], body["ec_import_ok"]) == (None, None, None)
+    assert body["disk_ok"] == 1
     text = _read("operations.md")
     missing = [name for name in body if f"| `{name}` |" not in text]
     missing += [f"checks.{name}" for name in body["checks"] if f"| `{name}`" not in text]
@@ -164,6 +173,9 @@ def test_zabbix_template_is_valid_yaml_with_the_health_items() -> None:
         "hopper.store_ok)=0",
         "hopper.queue_depth",
         "hopper.last_commit_age_s",
+        "hopper.disk_ok)=0",
+        "hopper.api_process_ok)=0",
+        "hopper.ec_import_ok)=0",
     ):
         assert needle in expressions
     uuids = [obj["uuid"] for obj in [template, *template["items"], *triggers]]

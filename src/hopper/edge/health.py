@@ -70,7 +70,10 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
         "ok": int(status != "fail"),
         "store_ok": int(checks["store"]["status"] == "pass"),
         "pubsub_ok": int(checks["pubsub"]["status"] == "pass"),
-        "mqtt_ok": int(checks["mqtt"]["status"] == "pass") if "mqtt" in checks else None,
+        "mqtt_ok": _ok(checks, "mqtt"),
+        "disk_ok": _ok(checks, "disk"),
+        "api_process_ok": _ok(checks, "api_process"),
+        "ec_import_ok": _ok(checks, "ec_import"),
         "queue_depth": intake.depth,
         "queue_capacity": intake.capacity,
         "queue_bytes": intake.admission.bytes,
@@ -80,6 +83,11 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
         "checks": checks,
     }
     return (503 if status == "fail" else 200), body
+
+
+def _ok(checks: dict[str, dict[str, Any]], name: str) -> int | None:
+    """1 when the check passes, 0 when not, None when the node does not run it (Zabbix)."""
+    return int(checks[name]["status"] == "pass") if name in checks else None
 
 
 def _check(error: str | None, *, failure: str = "fail", **fields: Any) -> dict[str, Any]:

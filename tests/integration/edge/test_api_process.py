@@ -121,8 +121,10 @@ def test_the_api_process_answers_as_the_node_does(
         404,
         405,
     )  # it takes no events
-    check = client.get("/health").json()["checks"]["api_process"]
+    health = client.get("/health").json()
+    check = health["checks"]["api_process"]
     assert check["status"] == "pass" and check["port"] == settings.server.api_port
+    assert health["api_process_ok"] == 1
 
 
 def test_a_dead_api_process_is_started_again(node: tuple[TestClient, str]) -> None:
@@ -191,6 +193,7 @@ def test_a_taken_api_port_warns_and_the_node_goes_on(tmp_path: Path) -> None:
                 )
             )
             assert f"does not answer on port {port}" in check["output"]
+            assert client.get("/health").json()["api_process_ok"] == 0
             ingest = create_token(settings.store, "ingest")
             sent = client.post(
                 "/v1/events", content=_events(2), headers={**PROTOBUF, **bearer(ingest)}

@@ -361,7 +361,7 @@ def test_a_source_that_is_down_keeps_the_previous_data_and_fails_the_job(
     status, body = _health(settings, clock)
     assert status == 200 and body["status"] == "warn"  # degraded, not failed
     check = body["checks"]["ec_import"]
-    assert check["status"] == "warn"
+    assert check["status"] == "warn" and body["ec_import_ok"] == 0
     assert "ec_students" in check["failed_tables"] and len(check["failed_tables"]) == 10
     assert "cannot connect to source econtent" in check["output"]
 
@@ -648,6 +648,7 @@ def test_health_warns_when_the_last_success_is_older_than_two_intervals(
         "bad_rows": 0,
         "last_success_age_s": 3600.0,
     }
+    assert body["ec_import_ok"] == 1
     clock.advance(2 * 3_600_000)
     status, body = _health(settings, clock)
     assert status == 200 and body["checks"]["ec_import"]["status"] == "warn"

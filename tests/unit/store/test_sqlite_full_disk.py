@@ -62,6 +62,7 @@ def test_a_full_disk_is_reported_as_such_and_recovers(
         assert "database or disk is full" in health.json()["checks"]["store"]["output"]
         assert health.json()["disk_free_bytes"] < 1_000_000
         assert health.json()["checks"]["disk"]["status"] == "warn"
+        assert health.json()["disk_ok"] == 0
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         retried = client.post("/v1/events", content=batch, headers=headers)
         assert retried.status_code == 200
