@@ -469,24 +469,39 @@ def migrate(config: ConfigOption = None) -> None:
 def worker(
     name: Annotated[str, typer.Argument(help="The topology to run: pipeline.NAME.")],
     config: ConfigOption = None,
+    status_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve /health and /metrics on this port."),
+    ] = None,
+    status_host: Annotated[
+        str, typer.Option(help="Address the status port listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a topology fed by topics, as one member of their consumer groups, until stopped."""
     import threading
 
     from hopper.observe.logs import configure_logging
-    from hopper.worker import Worker
+    from hopper.worker import StatusServer, Worker
 
     settings = _settings(config)
     configure_logging(settings.log.level, settings.log.format)
+    status: StatusServer | None = None
     try:
         running = Worker(settings, name)
+        if status_port is not None:
+            status = StatusServer(running, status_host, status_port)
+            status.start()
     except HopperError as exc:
         _error(exc)
         raise typer.Exit(2) from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    running.run_until(stop)
+    try:
+        running.run_until(stop)
+    finally:
+        if status is not None:
+            status.stop()
 
 
 @app.command()

@@ -7,8 +7,9 @@ from typing import Any
 
 from hopper.edge.ecimport import ec_import_health
 from hopper.edge.node import EdgeNode
+from hopper.observe.health import HEALTH_MEDIA_TYPE, Checks, check, ok_flag, overall
 
-HEALTH_MEDIA_TYPE = "application/health+json"
+__all__ = ["HEALTH_MEDIA_TYPE", "health_report"]
 
 
 async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
@@ -17,19 +18,19 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
     channels_error = await asyncio.to_thread(node.ping_channels)
     intake = node.intake
     now = node.clock.now_ms()
-    checks: dict[str, dict[str, Any]] = {
-        "store": _check(
+    checks: Checks = {
+        "store": check(
             store_error or (None if intake.is_store_healthy else intake.last_error),
             backend=node.store.backend,
         ),
-        "writer": _check(None if intake.is_alive else "writer thread is not running"),
-        "intake_queue": _check(
+        "writer": check(None if intake.is_alive else "writer thread is not running"),
+        "intake_queue": check(
             "intake queue over 80% full" if intake.depth > 0.8 * intake.capacity else None,
             failure="warn",
             depth=intake.depth,
             capacity=intake.capacity,
         ),
-        "pubsub": _check(
+        "pubsub": check(
             channels_error or (None if node.is_publishing_healthy else "last publish failed"),
             failure="warn",
             backend=node.channels.backend,
@@ -37,7 +38,7 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
     }
     free = await asyncio.to_thread(node.free_disk_bytes)
     minimum = node.settings.store.min_free_disk_bytes
-    checks["disk"] = _check(
+    checks["disk"] = check(
         None
         if free is None or free >= minimum
         else f"{free} bytes free on the store's volume, under store.min_free_disk_bytes",
@@ -45,7 +46,7 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
         free_bytes=free,
     )
     if node.mqtt is not None:
-        checks["mqtt"] = _check(
+        checks["mqtt"] = check(
             None if node.mqtt.is_connected else "not connected to the MQTT broker",
             failure="warn",
             topic=node.settings.mqtt.topic,
@@ -53,7 +54,7 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
     if node.api_process is not None:
         api = node.api_process
         problem = await api.problem()
-        checks["api_process"] = _check(
+        checks["api_process"] = check(
             None if problem is None else f"the analytics API process is not serving: {problem}",
             failure="warn",
             port=api.port,
@@ -61,19 +62,18 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
         )
     if node.settings.ecimport.sources:
         problem, fields = await asyncio.to_thread(ec_import_health, node.settings, now)
-        checks["ec_import"] = _check(problem, failure="warn", **fields)
-    statuses = {c["status"] for c in checks.values()}
-    status = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+        checks["ec_import"] = check(problem, failure="warn", **fields)
+    status = overall(checks)
     last_commit = intake.last_commit_ms
     body: dict[str, Any] = {
         "status": status,
         "ok": int(status != "fail"),
         "store_ok": int(checks["store"]["status"] == "pass"),
         "pubsub_ok": int(checks["pubsub"]["status"] == "pass"),
-        "mqtt_ok": _ok(checks, "mqtt"),
-        "disk_ok": _ok(checks, "disk"),
-        "api_process_ok": _ok(checks, "api_process"),
-        "ec_import_ok": _ok(checks, "ec_import"),
+        "mqtt_ok": ok_flag(checks, "mqtt"),
+        "disk_ok": ok_flag(checks, "disk"),
+        "api_process_ok": ok_flag(checks, "api_process"),
+        "ec_import_ok": ok_flag(checks, "ec_import"),
         "queue_depth": intake.depth,
         "queue_capacity": intake.capacity,
         "queue_bytes": intake.admission.bytes,
@@ -83,15 +83,3 @@ async def health_report(node: EdgeNode) -> tuple[int, dict[str, Any]]:
         "checks": checks,
     }
     return (503 if status == "fail" else 200), body
-
-
-def _ok(checks: dict[str, dict[str, Any]], name: str) -> int | None:
-    """1 when the check passes, 0 when not, None when the node does not run it (Zabbix)."""
-    return int(checks[name]["status"] == "pass") if name in checks else None
-
-
-def _check(error: str | None, *, failure: str = "fail", **fields: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {"status": "pass" if error is None else failure, **fields}
-    if error is not None:
-        entry["output"] = error
-    return entry
