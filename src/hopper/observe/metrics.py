@@ -126,6 +126,14 @@ class HopperMetrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        # The analytics API (hopper.edge.api.timing), in whichever process serves it.
+        self.api_request_seconds = Histogram(
+            "api_request_seconds",
+            "Analytics API requests, to the response's first byte, by endpoint and status.",
+            ["endpoint", "status"],
+            registry=r,
+            buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
         self._components: dict[str, ComponentMetrics] = {}
 
     def component(self, name: str) -> ComponentMetrics:

@@ -152,6 +152,7 @@ def api(settings: HopperSettings) -> Iterator[tuple[TestClient, dict[str, str]]]
             "portal": create_token(settings.store, "portal"),
             "devops": create_token(settings.store, "devops"),
             "ec": create_token(settings.store, "ec"),
+            "metrics": create_token(settings.store, "metrics"),
             "ingest": ingest,
         }
         yield client, tokens
@@ -387,3 +388,25 @@ def test_the_openapi_description_and_its_page(api: tuple[TestClient, dict[str, s
     page = client.get("/docs")
     assert page.status_code == 200 and "/v1/openapi.json" in page.text
     assert client.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200
+
+
+def test_requests_are_timed_by_route_template_never_by_the_path_sent(
+    api: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, tokens = api
+    assert _get(client, tokens["apps"], "/v1/students/kid1").status_code == 200
+    assert _get(client, tokens["apps"], "/v1/students/kid2/books").status_code == 200
+    assert _get(client, tokens["kid1"], "/v1/students/kid2").status_code in (403, 404)
+    for n in range(5):  # invented paths must not each become a label
+        assert _get(client, tokens["apps"], f"/v1/no-such-{n}").status_code == 404
+    text = client.get("/metrics", headers=bearer(tokens["metrics"])).text
+    counts = {
+        line.split("{", 1)[1].rsplit("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("api_request_seconds_count{")
+    }
+    assert counts['endpoint="/v1/students/{username}",status="2xx"'] >= 1
+    assert counts['endpoint="/v1/students/{username}/books",status="2xx"'] >= 1
+    assert counts['endpoint="/v1/students/{username}",status="4xx"'] >= 1
+    assert counts['endpoint="unmatched",status="4xx"'] == 5
+    assert not any("no-such" in key or "kid" in key for key in counts)

@@ -125,6 +125,15 @@ def test_the_api_process_answers_as_the_node_does(
     check = health["checks"]["api_process"]
     assert check["status"] == "pass" and check["port"] == settings.server.api_port
     assert health["api_process_ok"] == 1
+    # Its own metrics: the requests it served, behind the metrics scope.
+    assert httpx.get(f"{api}/metrics").status_code == 401
+    assert httpx.get(f"{api}/metrics", headers=bearer(apps)).status_code == 403
+    scraped = httpx.get(f"{api}/metrics", headers=bearer(create_token(settings.store, "metrics")))
+    assert scraped.status_code == 200
+    assert 'api_request_seconds_count{endpoint="/v1/students/{username}",status="2xx"} 1.0' in (
+        scraped.text
+    )
+    assert 'auth_failures_total{reason="missing"}' in scraped.text
 
 
 def test_a_dead_api_process_is_started_again(node: tuple[TestClient, str]) -> None:

@@ -24,6 +24,8 @@ from hopper.clock import Clock
 from hopper.edge.api import devops, ec, monitor, portal, students
 from hopper.edge.api.devops import IntakeFigures
 from hopper.edge.api.reports import ReportCache
+from hopper.edge.api.timing import RequestTimer
+from hopper.observe.metrics import HopperMetrics
 
 if TYPE_CHECKING:
     from hopper.edge.monitor import MonitorBoard
@@ -39,6 +41,7 @@ class AnalyticsApi:
     clock: Clock
     intake_figures: Callable[[], IntakeFigures]
     monitor: MonitorBoard | None
+    metrics: HopperMetrics
     monitor_off: str = "the live monitor is off (no 'monitor' in pipeline.edge.sinks)"
     reports: ReportCache = field(default_factory=ReportCache)
 
@@ -46,7 +49,12 @@ class AnalyticsApi:
     def of_node(cls, node: EdgeNode, engine: sa.Engine) -> AnalyticsApi:
         """The API in the node's own process: its intake and monitor at hand."""
         return cls(
-            engine, node.authenticator, node.clock, lambda: IntakeFigures.of(node), node.monitor
+            engine,
+            node.authenticator,
+            node.clock,
+            lambda: IntakeFigures.of(node),
+            node.monitor,
+            node.metrics,
         )
 
 
@@ -61,6 +69,7 @@ def create_api(shared: AnalyticsApi) -> FastAPI:
         description=(__doc__ or "").strip(),
     )
     api.state.api = shared
+    api.add_middleware(RequestTimer, metrics=shared.metrics)
     for router in (students.router, portal.router, devops.router, ec.router, monitor.router):
         api.include_router(router)
 

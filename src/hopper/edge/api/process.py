@@ -242,31 +242,43 @@ def main() -> None:
 
 
 def create_api_app(settings: HopperSettings, figures: NodeFigures) -> Any:
-    """The API process's app: ``/v1`` (the analytics API) and its own ``/health``."""
+    """The API process's app: ``/v1`` (the analytics API), its own ``/health`` and ``/metrics``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Mount, Route
 
-    from hopper.access import Authenticator
+    from hopper.access import Authenticator, AuthError, Scope
     from hopper.clock import SystemClock
     from hopper.edge.api import AnalyticsApi, create_api
+    from hopper.ingest.http import auth_error_response, authenticate_request
     from hopper.observe.metrics import HopperMetrics
     from hopper.store.engine import engine_for
 
     engine = engine_for(settings.store)
-    authenticator = Authenticator(settings.auth, settings.store, HopperMetrics())
+    metrics = HopperMetrics()
+    authenticator = Authenticator(settings.auth, settings.store, metrics)
     shared = AnalyticsApi(
         engine,
         authenticator,
         SystemClock(),
         figures.read,
         None,
+        metrics,
         monitor_off="the live monitor is served on the node's main port, not the API's",
     )
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "pass", "role": "analytics-api", "pid": os.getpid()})
+
+    async def metrics_page(request: Request) -> Response:
+        # This process's own: its requests' times and its token refusals.
+        if not authenticator.is_metrics_open:
+            try:
+                await authenticate_request(request, authenticator, Scope.METRICS)
+            except AuthError as exc:
+                return auth_error_response(exc)
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -277,7 +289,12 @@ def create_api_app(settings: HopperSettings, figures: NodeFigures) -> Any:
             engine.dispose()
 
     return Starlette(
-        routes=[Route("/health", health), Mount("/v1", create_api(shared))], lifespan=lifespan
+        routes=[
+            Route("/health", health),
+            Route("/metrics", metrics_page),
+            Mount("/v1", create_api(shared)),
+        ],
+        lifespan=lifespan,
     )
 
 
