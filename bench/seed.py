@@ -60,6 +60,8 @@ INSERT_READER = (
     f"INSERT INTO reader_events ({', '.join(READER_EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(READER_EVENT_COLUMNS))})"
 )
+# Seeding runs alone, before any measurement, so it does not take EVENT_WRITERS_LOCK
+# (hopper.store.postgres) as Hopper's own writers do; do not reuse it as a live writer.
 COPY_RAW = f"COPY raw_events ({', '.join(RAW_EVENT_COLUMNS)}) FROM STDIN"
 COPY_READER = f"COPY reader_events ({', '.join(READER_EVENT_COLUMNS)}) FROM STDIN"
 

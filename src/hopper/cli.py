@@ -488,12 +488,18 @@ def worker(
     status: StatusServer | None = None
     try:
         running = Worker(settings, name)
-        if status_port is not None:
-            status = StatusServer(running, status_host, status_port)
-            status.start()
     except HopperError as exc:
         _error(exc)
         raise typer.Exit(2) from exc
+    if status_port is not None:
+        status = StatusServer(running, status_host, status_port)
+        try:
+            status.start()
+        except HopperError as exc:
+            status.stop()
+            running.resources.close()
+            _error(exc)
+            raise typer.Exit(2) from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

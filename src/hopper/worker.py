@@ -76,10 +76,13 @@ class Worker:
 
         self._probe_lock = threading.Lock()
         self._probe_store: EventStore | None = None
+        self._stopped = False  # no probe opens a connection once the worker has closed
 
     def ping_store(self) -> str | None:
         """Return None if the store answers on a connection of its own, else the error."""
         with self._probe_lock:
+            if self._stopped:
+                return "the worker is stopping"
             try:
                 if self._probe_store is None:
                     self._probe_store = open_event_store(self.settings.store)
@@ -98,14 +101,16 @@ class Worker:
         topic fails it (on the node, one source down only degrades it).
         """
         intake = self.intake
+        sinks = self.topology.settings.sinks
         checks: Checks = {}
-        if "store" in self.topology.settings.sinks:
-            store_error = self.ping_store()
-            checks["store"] = check(
-                store_error or (None if intake.is_store_healthy else intake.last_error),
-                backend=self.settings.store.backend,
-            )
+        if "store" in sinks:
+            checks["store"] = check(self.ping_store(), backend=self.settings.store.backend)
         checks["writer"] = check(None if intake.is_alive else "writer thread is not running")
+        # Every durable sink (the store, a topic): the writer retries while one fails.
+        checks["sinks"] = check(
+            None if intake.is_store_healthy else f"the last commit failed: {intake.last_error}",
+            sinks=list(sinks),
+        )
         down = [
             f"{s.name}: {'stopped' if not s.is_alive else s.last_error or 'not connected yet'}"
             for s in self.sources
@@ -125,6 +130,7 @@ class Worker:
             "role": "worker",
             "topology": self.name,
             "store_ok": ok_flag(checks, "store"),
+            "sinks_ok": ok_flag(checks, "sinks"),
             "consumers_ok": ok_flag(checks, "consumers"),
             "queue_depth": intake.depth,
             "queue_capacity": intake.capacity,
@@ -175,15 +181,14 @@ class Worker:
             sink.stop()
         self.resources.close()  # the sinks' backends: store, topic log, channels
         with self._probe_lock:
+            self._stopped = True
             if self._probe_store is not None:
                 self._probe_store.close()
                 self._probe_store = None
 
 
-def create_status_app(worker: Worker) -> Starlette:
+def create_status_app(worker: Worker, authenticator: Authenticator) -> Starlette:
     """The worker's ``/health`` (no token) and ``/metrics`` (the ``metrics`` scope)."""
-    settings = worker.settings
-    authenticator = Authenticator(settings.auth, settings.store, worker.metrics)
 
     async def health(request: Request) -> Response:
         status, body = await asyncio.to_thread(worker.health)
@@ -204,8 +209,10 @@ class StatusServer:
     """Serves ``create_status_app`` in a thread of its own (uvicorn, one small loop)."""
 
     def __init__(self, worker: Worker, host: str, port: int) -> None:
+        settings = worker.settings
+        self._authenticator = Authenticator(settings.auth, settings.store, worker.metrics)
         config = uvicorn.Config(
-            create_status_app(worker),
+            create_status_app(worker, self._authenticator),
             host=host,
             port=port,
             lifespan="off",
@@ -243,4 +250,6 @@ class StatusServer:
     def stop(self) -> None:
         """Stop serving."""
         self._server.should_exit = True
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self._authenticator.close()

@@ -114,6 +114,7 @@ def test_health_passes_once_the_worker_consumes_and_counts_what_it_committed(
     assert (body["role"], body["topology"], body["consumed"]) == ("worker", "central", 5)
     assert body["checks"]["consumers"]["topics"] == [f"topic:{TOPIC}"]
     assert body["checks"]["store"]["backend"] == "sqlite"
+    assert body["sinks_ok"] == 1 and body["checks"]["sinks"]["sinks"] == ["store"]
     assert body["last_commit_age_s"] is not None and body["queue_depth"] == 0
 
 
@@ -169,7 +170,9 @@ def test_a_taken_status_port_is_a_clear_error(tmp_path: Path) -> None:
         worker = Worker(_settings(tmp_path), "central")
         try:
             port = taken.getsockname()[1]
+            server = StatusServer(worker, "127.0.0.1", port)
             with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
-                StatusServer(worker, "127.0.0.1", port).start()
+                server.start()
+            server.stop()  # after a failed start too: closes its token store
         finally:
             worker.resources.close()

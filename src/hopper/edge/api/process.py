@@ -39,6 +39,7 @@ from pydantic import SecretStr
 
 from hopper.config import HopperSettings
 from hopper.edge.api.devops import IntakeFigures
+from hopper.observe.metrics import HopperMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,6 @@ def main() -> None:
 
     from hopper.edge.server import ConnectionGuard, uvicorn_config
     from hopper.observe.logs import configure_logging
-    from hopper.observe.metrics import HopperMetrics
 
     stdin = sys.stdin.buffer
     (length,) = _LENGTH.unpack(stdin.read(_LENGTH.size))
@@ -222,8 +222,9 @@ def main() -> None:
     settings = HopperSettings(**given["settings"])
     configure_logging(settings.log.level, settings.log.format)
     figures = NodeFigures(given["store_backend"])
-    app = create_api_app(settings, figures)
-    config = uvicorn_config(app, settings, ConnectionGuard(settings, HopperMetrics()))
+    metrics = HopperMetrics()  # one registry: the connection limits' figures too
+    app = create_api_app(settings, figures, metrics)
+    config = uvicorn_config(app, settings, ConnectionGuard(settings, metrics))
     assert settings.server.api_port is not None
     config.port = settings.server.api_port
     server = uvicorn.Server(config)
@@ -241,7 +242,7 @@ def main() -> None:
     os._exit(code)
 
 
-def create_api_app(settings: HopperSettings, figures: NodeFigures) -> Any:
+def create_api_app(settings: HopperSettings, figures: NodeFigures, metrics: HopperMetrics) -> Any:
     """The API process's app: ``/v1`` (the analytics API), its own ``/health`` and ``/metrics``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -252,11 +253,9 @@ def create_api_app(settings: HopperSettings, figures: NodeFigures) -> Any:
     from hopper.clock import SystemClock
     from hopper.edge.api import AnalyticsApi, create_api
     from hopper.ingest.http import auth_error_response, authenticate_request
-    from hopper.observe.metrics import HopperMetrics
     from hopper.store.engine import engine_for
 
     engine = engine_for(settings.store)
-    metrics = HopperMetrics()
     authenticator = Authenticator(settings.auth, settings.store, metrics)
     shared = AnalyticsApi(
         engine,
